@@ -1,0 +1,5 @@
+import sys
+
+from qeval.cli import main
+
+sys.exit(main())

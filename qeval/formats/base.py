@@ -1,0 +1,163 @@
+"""The format object and the quantized tensor it produces.
+
+A :class:`Format` knows how to turn a float tensor into real packed storage
+(:class:`QTensor`) and back, and what that storage costs in bytes. Blocks run
+along the last dimension (the GEMM reduction dim K).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+Role = Literal["weight", "activation"]
+NonFinite = Literal["raise", "propagate"]
+_ROLES = ("weight", "activation")
+_NONFINITE = ("raise", "propagate")
+
+
+@dataclass
+class QTensor:
+    """A tensor in a quantized format, holding its real storage.
+
+    Attributes:
+        data: element codes (float8 tensor, uint8 with two FP4 codes per byte,
+            or bf16/fp16 for plain casts). Block formats store the last dim
+            padded with zeros to a whole number of blocks.
+        scale: per-block / per-row / per-tensor scales in their real dtype
+            (float8_e4m3fn for NVFP4 blocks, float8_e8m0fnu for MX, float32 for
+            FP8), or None.
+        global_scale: NVFP4's float32 per-tensor decode scale, or None.
+        shape: the logical shape (without padding).
+        fmt: the :class:`Format` that produced it.
+        padded: True when the last dim was padded to a whole block.
+        role: "weight" or "activation" (changes the block layout of FP8 block128).
+    """
+
+    data: torch.Tensor
+    scale: torch.Tensor | None
+    global_scale: torch.Tensor | None
+    shape: torch.Size
+    fmt: "Format"
+    padded: bool = False
+    role: Role = "weight"
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.fmt.dequantize(self, dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the codes plus every scale."""
+        return sum(t.numel() * t.element_size() for t in (self.data, self.scale, self.global_scale) if t is not None)
+
+    def __repr__(self) -> str:
+        pad = ", padded" if self.padded else ""
+        return f"QTensor({self.fmt.spec}, shape={tuple(self.shape)}, nbytes={self.nbytes}{pad})"
+
+
+@dataclass(frozen=True)
+class Format:
+    """Base class of every number format; subclasses implement the codec.
+
+    Attributes:
+        spec: the canonical name (``get_format(spec)`` gives this object back).
+        family: hardware family used for native-support lookups
+            (``bf16``, ``fp16``, ``fp8``, ``mxfp8``, ``mxfp4``, ``nvfp4``).
+        block: block length along the last dim, or None.
+        static_scale: True when a per-tensor scale can be fixed ahead of time
+            (``amax=`` from calibration); False for purely dynamic scales.
+    """
+
+    spec: str
+    family: str
+    block: int | None = None
+    static_scale: bool = False
+    description: str = field(default="", compare=False)
+
+    # --- codec, implemented by subclasses -------------------------------
+    def _quantize(self, x: torch.Tensor, amax: torch.Tensor | None, role: Role) -> QTensor:
+        raise NotImplementedError
+
+    def dequantize(self, q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        raise NotImplementedError
+
+    def nbytes(self, shape: tuple[int, ...], role: Role = "weight") -> int:
+        """Analytic bytes of codes + scales for a tensor of ``shape``."""
+        raise NotImplementedError
+
+    # --- public API -------------------------------------------------------
+    def quantize(
+        self,
+        x: torch.Tensor,
+        *,
+        amax: torch.Tensor | float | None = None,
+        role: Role = "weight",
+        nonfinite: NonFinite = "raise",
+    ) -> QTensor:
+        """Quantize ``x`` into real packed storage.
+
+        Args:
+            x: a float tensor (fp32, bf16 or fp16), at least 1-D.
+            amax: a fixed per-tensor amax (static scale from calibration). Used
+                by per-tensor FP8 and by NVFP4's global scale; ignored by
+                purely dynamic formats.
+            role: "weight" or "activation"; only FP8 block128 lays out blocks
+                differently (128x128 for 2-D weights, 1x128 for activations).
+            nonfinite: "raise" (default) refuses NaN/Inf; "propagate" keeps
+                them: NaN stays NaN (a block holding one decodes to NaN).
+        """
+        if role not in _ROLES:
+            raise ValueError(f"role must be one of {_ROLES}, got {role!r}")
+        if nonfinite not in _NONFINITE:
+            raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
+        if not torch.is_floating_point(x) or x.dtype.itemsize == 1:
+            raise TypeError(f"{self.spec}: expected a float32/bf16/fp16 tensor, got {x.dtype}")
+        if x.dim() == 0:
+            x = x.reshape(1)
+        if nonfinite == "raise":
+            bad = (~torch.isfinite(x)).sum().item()
+            if bad:
+                raise ValueError(
+                    f"{self.spec}: input has {bad} non-finite value(s) (NaN/Inf); "
+                    "pass nonfinite='propagate' to keep them"
+                )
+        if amax is not None:
+            amax = torch.as_tensor(amax, dtype=torch.float32, device=x.device)
+        return self._quantize(x, amax, role)
+
+    def fake_quant(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """``quantize(x).dequantize()`` in x's dtype (same bits, always)."""
+        return self.quantize(x, **kwargs).dequantize(x.dtype)
+
+    def bits_per_element(self, shape: tuple[int, ...], role: Role = "weight") -> float:
+        """Effective bits per element of a tensor of ``shape``, scales included."""
+        return 8 * self.nbytes(tuple(shape), role) / math.prod(shape)
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+# --- helpers shared by the block formats ---------------------------------
+def pad_last(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, bool]:
+    """Zero-pad the last dim to a multiple of ``multiple``."""
+    rem = x.shape[-1] % multiple
+    if rem == 0:
+        return x, False
+    return torch.nn.functional.pad(x, (0, multiple - rem)), True
+
+
+def crop_last(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    return x[..., : shape[-1]] if x.shape[-1] != shape[-1] else x
+
+
+def finite_abs(x: torch.Tensor) -> torch.Tensor:
+    """|x| with non-finite entries as 0, so that amax ignores them."""
+    a = x.abs()
+    return torch.where(torch.isfinite(a), a, torch.zeros((), dtype=a.dtype, device=a.device))
+
+
+def blocks_of(n: int, block: int) -> int:
+    return -(-n // block)

@@ -1,0 +1,107 @@
+"""Element codecs: the bit-level number formats (E4M3, E5M2, E2M1, E8M0).
+
+These functions know single numbers, not blocks or scales. They are the
+plain-torch reference that every faster path (``qeval.kernels``) must match
+bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+E4M3_MAX = 448.0
+E5M2_MAX = 57344.0
+E2M1_MAX = 6.0
+E8M0_BIAS = 127
+E8M0_NAN = 255
+
+FP8_DTYPES = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+FP8_MAX = {torch.float8_e4m3fn: E4M3_MAX, torch.float8_e5m2: E5M2_MAX}
+
+# E2M1 magnitudes by code 0-7; codes 8-15 are the negatives (bit 3 = sign).
+E2M1_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+_E2M1_TABLE = torch.tensor(E2M1_MAGNITUDES + tuple(-m for m in E2M1_MAGNITUDES), dtype=torch.float32)
+# RNE decision points: a magnitude goes up past a point when it is greater
+# (ties at 0.25, 1.25, 2.5, 5 go down to the even code) or greater-or-equal
+# (ties at 0.75, 1.75, 3.5 go up to the even code).
+_E2M1_UP_IF_GREATER = (0.25, 1.25, 2.5, 5.0)
+_E2M1_UP_IF_AT_LEAST = (0.75, 1.75, 3.5)
+
+
+def cast_fp8(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Saturating RNE cast of float32 ``v`` to an FP8 dtype.
+
+    torch's cast does not saturate (500 -> NaN in E4M3), so finite values are
+    clamped to +-max first. NaN stays NaN; Inf becomes NaN in E4M3 (it has no
+    Inf) and stays Inf in E5M2.
+    """
+    fmax = FP8_MAX[dtype]
+    clamped = v.clamp(-fmax, fmax)
+    if not torch.isinf(v).any():
+        return clamped.to(dtype)
+    return torch.where(torch.isinf(v), v, clamped).to(dtype)
+
+
+def e2m1_encode(v: torch.Tensor) -> torch.Tensor:
+    """Round float32 ``v`` to E2M1 codes (uint8 0-15), RNE, saturating at +-6.
+
+    The sign bit of the code is the IEEE sign bit of ``v``: -0.0 and small
+    negatives that round to zero give code 8 (negative zero), as a hardware
+    conversion does. NaN gives a code of 6 magnitude; callers mark such blocks
+    through their scale.
+    """
+    mag = v.abs()
+    code = torch.zeros(v.shape, dtype=torch.uint8, device=v.device)
+    for point in _E2M1_UP_IF_GREATER:
+        code += mag > point
+    for point in _E2M1_UP_IF_AT_LEAST:
+        code += mag >= point
+    code |= torch.signbit(v).to(torch.uint8) << 3
+    return code
+
+
+def e2m1_decode(codes: torch.Tensor) -> torch.Tensor:
+    """E2M1 codes (uint8 0-15) to float32 values; code 8 is -0.0."""
+    table = _E2M1_TABLE.to(codes.device)
+    return table[codes.long()]
+
+
+def pack_fp4(codes: torch.Tensor) -> torch.Tensor:
+    """Pack 4-bit codes two per byte along the last dim: element 2i low nibble, 2i+1 high."""
+    if codes.shape[-1] % 2:
+        raise ValueError(f"pack_fp4 needs an even last dimension, got {tuple(codes.shape)}")
+    return codes[..., 0::2] | (codes[..., 1::2] << 4)
+
+
+def unpack_fp4(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_fp4`: uint8 [..., n] -> codes uint8 [..., 2n]."""
+    low = packed & 0x0F
+    high = packed >> 4
+    return torch.stack((low, high), dim=-1).flatten(-2)
+
+
+def e8m0_encode(exponent: torch.Tensor) -> torch.Tensor:
+    """Unbiased integer exponents in [-127, 127] to E8M0 storage (float8_e8m0fnu)."""
+    biased = (exponent + E8M0_BIAS).to(torch.uint8)
+    return biased.view(torch.float8_e8m0fnu)
+
+
+def e8m0_decode(scale: torch.Tensor) -> torch.Tensor:
+    """E8M0 storage to float32 powers of two, built from the bits (exact); 255 is NaN."""
+    biased = scale.view(torch.uint8).to(torch.int32)
+    # 2^(b-127) is the float32 with biased exponent b; b = 0 is the subnormal 2^-127.
+    bits = torch.where(biased > 0, biased << 23, torch.full_like(biased, 1 << 22))
+    value = bits.view(torch.float32)
+    return torch.where(biased == E8M0_NAN, torch.full_like(value, float("nan")), value)
+
+
+def floor_log2(v: torch.Tensor) -> torch.Tensor:
+    """Exact floor(log2(v)) for positive finite float32 ``v`` (subnormals too), as int32."""
+    _, exp = torch.frexp(v)
+    return exp - 1
+
+
+def ceil_log2(v: torch.Tensor) -> torch.Tensor:
+    """Exact ceil(log2(v)) for positive finite float32 ``v``, as int32."""
+    mant, exp = torch.frexp(v)
+    return torch.where(mant == 0.5, exp - 1, exp)

@@ -1,0 +1,89 @@
+"""FP8 E4M3 / E5M2 with float32 decode scales: per tensor, per row, or 128-blocks.
+
+qeval rule (formats.md): ``s = amax / fp8_max`` (1 when amax == 0),
+``q = fp8(clamp(x / s, -max, max))``, ``x_hat = fp32(q) * s``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .base import Format, QTensor, Role, blocks_of, crop_last, finite_abs, pad_last
+from .elements import FP8_DTYPES, FP8_MAX, cast_fp8
+
+BLOCK = 128
+
+
+def decode_scale(amax: torch.Tensor, fmax: float) -> torch.Tensor:
+    """``amax / fmax`` in float32, with 1.0 where amax is 0."""
+    amax = amax.float()
+    return torch.where(amax == 0, torch.ones_like(amax), amax / fmax)
+
+
+@dataclass(frozen=True)
+class FP8Format(Format):
+    element: str = "e4m3"
+    granularity: str = "tensor"  # "tensor" | "row" | "block128"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return FP8_DTYPES[self.element]
+
+    def _weight_blocks(self, x: torch.Tensor, role: Role) -> bool:
+        return role == "weight" and x.dim() >= 2
+
+    def _quantize(self, x: torch.Tensor, amax: torch.Tensor | None, role: Role) -> QTensor:
+        xf = x.float()
+        fmax = FP8_MAX[self.dtype]
+        padded = False
+        if self.granularity == "tensor":
+            scale = decode_scale(amax if amax is not None else finite_abs(xf).amax(), fmax)
+            expanded = scale
+        elif self.granularity == "row":
+            scale = decode_scale(finite_abs(xf).amax(-1, keepdim=True), fmax)
+            expanded = scale
+        else:
+            xf, padded = pad_last(xf, BLOCK)
+            scale = decode_scale(self._block_amax(xf, role), fmax)
+            expanded = self._expand(scale, xf.shape, role)
+        q = cast_fp8(xf / expanded, self.dtype)
+        return QTensor(q, scale, None, x.shape, self, padded=padded, role=role)
+
+    def _block_amax(self, xp: torch.Tensor, role: Role) -> torch.Tensor:
+        a = finite_abs(xp)
+        kb = xp.shape[-1] // BLOCK
+        if not self._weight_blocks(xp, role):  # 1 x 128 groups
+            return a.reshape(*xp.shape[:-1], kb, BLOCK).amax(-1)
+        n = xp.shape[-2]
+        nb = blocks_of(n, BLOCK)
+        a = torch.nn.functional.pad(a, (0, 0, 0, nb * BLOCK - n))
+        return a.reshape(*xp.shape[:-2], nb, BLOCK, kb, BLOCK).amax(dim=(-3, -1))
+
+    def _expand(self, scale: torch.Tensor, padded_shape: torch.Size, role: Role) -> torch.Tensor:
+        s = scale.repeat_interleave(BLOCK, dim=-1)
+        if len(padded_shape) >= 2 and role == "weight":
+            s = s.repeat_interleave(BLOCK, dim=-2)[..., : padded_shape[-2], :]
+        return s
+
+    def dequantize(self, q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        scale = q.scale
+        if self.granularity == "block128":
+            scale = self._expand(scale, q.data.shape, q.role)
+        return crop_last(q.data.float() * scale, q.shape).to(dtype)
+
+    def nbytes(self, shape: tuple[int, ...], role: Role = "weight") -> int:
+        numel = math.prod(shape)
+        rows = numel // shape[-1]
+        if self.granularity == "tensor":
+            return numel + 4
+        if self.granularity == "row":
+            return numel + 4 * rows
+        kb = blocks_of(shape[-1], BLOCK)
+        data = rows * kb * BLOCK
+        if role == "weight" and len(shape) >= 2:
+            lead = math.prod(shape[:-2])
+            return data + 4 * lead * blocks_of(shape[-2], BLOCK) * kb
+        return data + 4 * rows * kb

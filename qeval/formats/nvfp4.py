@@ -1,0 +1,58 @@
+"""NVFP4: E2M1 elements in 16-blocks, E4M3 block scales, one float32 global scale.
+
+qeval rule (formats.md, the Model Optimizer NVFP4 export convention):
+``s_g = amax / (6 * 448)`` (1 when amax == 0);
+``s_b = e4m3(clamp(amax_block / (6 * s_g), 2^-9, 448))``, 1.0 for an all-zero block;
+``q = RNE_E2M1(x / (fp32(s_b) * s_g))``; ``x_hat = e2m1(q) * (fp32(s_b) * s_g)``.
+The block's effective scale ``fp32(s_b) * s_g`` is one float32 product, used
+for both the division and the decode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .base import Format, QTensor, Role, blocks_of, crop_last, finite_abs, pad_last
+from .elements import E2M1_MAX, E4M3_MAX, e2m1_decode, e2m1_encode, pack_fp4, unpack_fp4
+
+BLOCK = 16
+SCALE_MIN = 2.0**-9
+
+
+def global_decode_scale(amax: torch.Tensor) -> torch.Tensor:
+    amax = amax.float()
+    return torch.where(amax == 0, torch.ones_like(amax), amax / (E2M1_MAX * E4M3_MAX))
+
+
+@dataclass(frozen=True)
+class NVFP4Format(Format):
+    def _quantize(self, x: torch.Tensor, amax: torch.Tensor | None, role: Role) -> QTensor:
+        xp, padded = pad_last(x, BLOCK)
+        blocks = xp.reshape(*xp.shape[:-1], xp.shape[-1] // BLOCK, BLOCK)
+        absb = finite_abs(blocks)
+        s_g = global_decode_scale(amax if amax is not None else absb.amax())
+        s_b = absb.amax(-1).float() / (E2M1_MAX * s_g)
+        s_b = torch.where(s_b == 0, torch.ones_like(s_b), s_b)
+        s_b = s_b.clamp(SCALE_MIN, E4M3_MAX).to(torch.float8_e4m3fn)
+        nonfinite = ~torch.isfinite(blocks).all(-1)
+        if nonfinite.any():  # propagate: the block's scale becomes NaN
+            s_b = torch.where(nonfinite, torch.full_like(s_b, float("nan")), s_b)
+        eff = s_b.float() * s_g
+        codes = e2m1_encode(blocks / eff.unsqueeze(-1))
+        packed = pack_fp4(codes.reshape(xp.shape))
+        return QTensor(packed, s_b, s_g, x.shape, self, padded=padded, role=role)
+
+    def dequantize(self, q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        codes = unpack_fp4(q.data)
+        blocks = e2m1_decode(codes).reshape(*codes.shape[:-1], -1, BLOCK)
+        eff = q.scale.float() * q.global_scale
+        x = (blocks * eff.unsqueeze(-1)).reshape(codes.shape)
+        return crop_last(x, q.shape).to(dtype)
+
+    def nbytes(self, shape: tuple[int, ...], role: Role = "weight") -> int:
+        rows = math.prod(shape[:-1])
+        kb = blocks_of(shape[-1], BLOCK)
+        return rows * kb * (BLOCK // 2) + rows * kb + 4
