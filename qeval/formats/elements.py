@@ -31,15 +31,17 @@ _E2M1_UP_IF_AT_LEAST = (0.75, 1.75, 3.5)
 def cast_fp8(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Saturating RNE cast of float32 ``v`` to an FP8 dtype.
 
-    torch's cast does not saturate (500 -> NaN in E4M3), so finite values are
-    clamped to +-max first. NaN stays NaN; Inf becomes NaN in E4M3 (it has no
-    Inf) and stays Inf in E5M2.
+    Finite values are clamped to +-max first: torch before 2.12 turned 500 into
+    NaN in E4M3, and newer releases saturate, so qeval does not rely on either.
+    NaN stays NaN; Inf becomes NaN in E4M3 (it has no Inf) and stays Inf in E5M2.
     """
     fmax = FP8_MAX[dtype]
-    clamped = v.clamp(-fmax, fmax)
-    if not torch.isinf(v).any():
-        return clamped.to(dtype)
-    return torch.where(torch.isinf(v), v, clamped).to(dtype)
+    out = v.clamp(-fmax, fmax)
+    inf = torch.isinf(v)
+    if inf.any():
+        keep = v if dtype == torch.float8_e5m2 else torch.full_like(v, float("nan"))
+        out = torch.where(inf, keep, out)
+    return out.to(dtype)
 
 
 def e2m1_encode(v: torch.Tensor) -> torch.Tensor:
