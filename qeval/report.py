@@ -1,0 +1,347 @@
+"""Results -> a terminal table (rich), ``report.md`` and a Pareto plot PNG.
+
+Columns are chosen from the metrics present, so a decoder run shows
+perplexity/KL/top-1 and an encoder run shows embedding cosines; ``metrics``
+arguments pick columns by key (see ``COLUMN_KEYS``; ``task:<name>`` for one
+task). ``qeval compare`` builds its table from the same columns.
+
+>>> from qeval.report import print_table, write_report
+>>> print_table(results)                  # after a run
+>>> write_report(results, run_dir)        # report.md + pareto.png, atomically
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from qeval.results import atomic_write_bytes, run_label
+
+# ---------------------------------------------------------------------------
+# Formatting helpers
+
+
+def format_bytes(n: Any) -> str:
+    """``1536 -> '1.50 KiB'``; '-' for missing."""
+    if not isinstance(n, (int, float)) or isinstance(n, bool):
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    return f"{n} B"  # unreachable
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x)
+
+
+def _fmt(x: Any, spec: str = ".4g") -> str:
+    v = _num(x)
+    if v is None:
+        return "-"
+    if not math.isfinite(v):
+        return str(v)
+    return format(v, spec)
+
+
+def _pct(x: Any) -> str:
+    v = _num(x)
+    return "-" if v is None else f"{v * 100:.1f}%"
+
+
+# ---------------------------------------------------------------------------
+# Columns
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    get: Callable[[dict, dict], Any]  # (entry, baseline metrics) -> raw value
+    fmt: Callable[[Any], str]
+    baseline: bool = True  # meaningful for the baseline row
+
+
+def _metric(key: str) -> Callable[[dict, dict], Any]:
+    return lambda entry, base: (entry.get("metrics") or {}).get(key)
+
+
+def _ppl_increase(entry: dict, base: dict) -> float | None:
+    ppl, b = _num((entry.get("metrics") or {}).get("perplexity")), _num(base.get("perplexity"))
+    if ppl is None or b is None or b <= 0 or entry.get("name") == "baseline":
+        return None
+    return (ppl - b) / b * 100
+
+
+def _gate(entry: dict, base: dict) -> str | None:
+    verdict = entry.get("gate")
+    if not isinstance(verdict, dict):
+        return None
+    if verdict.get("passed"):
+        return "PASS"
+    failed = [c.get("name", "?") for c in verdict.get("checks", []) if not c.get("passed")]
+    return f"FAIL ({len(failed)})"
+
+
+_COLUMNS = [
+    Column("weight_bytes", "weights", lambda e, b: e.get("weight_bytes"), format_bytes),
+    Column("savings_vs_bf16", "saved", lambda e, b: e.get("savings_vs_bf16"), _pct, baseline=False),
+    Column("perplexity", "ppl", _metric("perplexity"), lambda v: _fmt(v, ".2f")),
+    Column("perplexity_increase_pct", "ppl +%", _ppl_increase, lambda v: _fmt(v, "+.2f"), baseline=False),
+    Column("kl_mean", "KL mean", _metric("kl_mean"), _fmt, baseline=False),
+    Column("kl_p99", "KL p99", _metric("kl_p99"), _fmt, baseline=False),
+    Column("top1_agreement", "top-1", _metric("top1_agreement"), lambda v: _fmt(v, ".3f"), baseline=False),
+    Column("embedding_cosine_mean", "cos mean", _metric("embedding_cosine_mean"), lambda v: _fmt(v, ".5f"), baseline=False),
+    Column("embedding_cosine_min", "cos min", _metric("embedding_cosine_min"), lambda v: _fmt(v, ".5f"), baseline=False),
+    Column("similarity_spearman", "spearman", _metric("similarity_spearman"), lambda v: _fmt(v, ".4f")),
+    Column("quantize_s", "quantize s", lambda e, b: (e.get("timings") or {}).get("quantize_s"), lambda v: _fmt(v, ".1f"), baseline=False),
+    Column("eval_s", "eval s", lambda e, b: (e.get("timings") or {}).get("eval_s"), lambda v: _fmt(v, ".1f")),
+    Column("gate", "gate", _gate, lambda v: "-" if v is None else str(v), baseline=False),
+]
+COLUMN_KEYS = [c.key for c in _COLUMNS] + ["task:<name>", "tasks"]
+DEFAULT_COLUMNS = [
+    "weight_bytes", "savings_vs_bf16", "perplexity", "perplexity_increase_pct", "kl_mean", "kl_p99",
+    "top1_agreement", "embedding_cosine_mean", "embedding_cosine_min", "similarity_spearman", "tasks", "eval_s", "gate",
+]
+
+
+def _task_column(task: str) -> Column:
+    def get(entry: dict, base: dict):
+        return ((entry.get("metrics") or {}).get("tasks") or {}).get(task)
+
+    def fmt(t: Any) -> str:
+        if not isinstance(t, dict) or _num(t.get("acc")) is None:
+            return "-"
+        out = f"{t['acc']:.3f}"
+        if _num(t.get("stderr")) is not None:
+            out += f"±{t['stderr']:.3f}"
+        if _num(t.get("recovery")) is not None:
+            out += f" ({t['recovery']:.1f}%)"
+        return out
+
+    return Column(f"task:{task}", f"{task} acc", get, fmt)
+
+
+def _entries(results: dict) -> list[dict]:
+    """Baseline (if any) then policies."""
+    out = []
+    if isinstance(results.get("baseline"), dict):
+        out.append({"name": "baseline", **results["baseline"]})
+    out.extend(results.get("policies") or [])
+    return out
+
+
+def _task_names(results_list: list[dict]) -> list[str]:
+    names: list[str] = []
+    for results in results_list:
+        for entry in _entries(results):
+            for task in (entry.get("metrics") or {}).get("tasks") or {}:
+                if task not in names:
+                    names.append(task)
+    return names
+
+
+def select_columns(results_list: list[dict], metrics: list[str] | None = None) -> list[Column]:
+    """Columns for these results: ``metrics`` keys in that order, or every default with a value.
+
+    Raises:
+        ValueError: an unknown key (the message lists the valid ones).
+    """
+    by_key = {c.key: c for c in _COLUMNS}
+    tasks = _task_names(results_list)
+    keys = metrics or DEFAULT_COLUMNS
+    columns: list[Column] = []
+    for key in keys:
+        if key == "tasks":
+            columns.extend(_task_column(t) for t in tasks)
+        elif key.startswith("task:"):
+            columns.append(_task_column(key[5:]))
+        elif key in by_key:
+            columns.append(by_key[key])
+        else:
+            raise ValueError(f"unknown metric column {key!r} (valid: {', '.join(COLUMN_KEYS)})")
+    if metrics:
+        return columns
+    # defaults: drop columns no row has a value for
+    rows = [(e, ((r.get("baseline") or {}).get("metrics") or {})) for r in results_list for e in _entries(r)]
+    return [c for c in columns if any(c.get(e, b) is not None for e, b in rows)]
+
+
+def table_rows(results_list: list[dict], columns: list[Column], label_runs: bool) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted rows; with ``label_runs`` the first column names the run."""
+    headers = (["run"] if label_runs else []) + ["policy"] + [c.header for c in columns]
+    rows = []
+    for results in results_list:
+        base = (results.get("baseline") or {}).get("metrics") or {}
+        label = run_label(results)
+        for entry in _entries(results):
+            is_base = entry.get("name") == "baseline"
+            cells = [("-" if is_base and not c.baseline else c.fmt(c.get(entry, base))) for c in columns]
+            rows.append(([label] if label_runs else []) + [str(entry.get("name", "?"))] + cells)
+    return headers, rows
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    numeric = [all(re.match(r"^[-+]?[\d.]", r[i]) or r[i] == "-" for r in rows) if rows else False for i in range(len(headers))]
+    lines = ["| " + " | ".join(esc(h) for h in headers) + " |"]
+    lines.append("| " + " | ".join("---:" if n else "---" for n in numeric) + " |")
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def rich_table(headers: list[str], rows: list[list[str]], title: str | None = None):
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for h in headers:
+        table.add_column(h, justify="left" if h in ("run", "policy") else "right", no_wrap=True)
+    for r in rows:
+        style = "bold red" if r[-1].startswith("FAIL") else None
+        table.add_row(*r, style=style)
+    return table
+
+
+def print_table(results: dict, console=None, metrics: list[str] | None = None) -> None:
+    """Print one run's comparison table (baseline first) to the terminal.
+
+    Args:
+        results: a results dict (``results.json``'s content).
+        console: a ``rich.console.Console``; default: a new one on stdout.
+        metrics: column keys (default: all that have values).
+    """
+    columns = select_columns([results], metrics)
+    headers, rows = table_rows([results], columns, label_runs=False)
+    print_wide(rich_table(headers, rows, title=f"qeval: {run_label(results)}"), console)
+
+
+def print_wide(table, console=None) -> None:
+    """Print a table at its natural width: never squeeze cells into ellipses.
+
+    A narrow terminal soft-wraps the long lines instead, which keeps every number
+    readable; pipes and CI logs get the full lines.
+    """
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = console or Console()
+    needed = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    width = console.width
+    console.width = max(width, needed)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
+# ---------------------------------------------------------------------------
+# report.md
+
+_GGUF_TYPE = re.compile(r"[.-]((?:I?Q\d[\w]*)|F16|BF16|F32)\.gguf$", re.IGNORECASE)
+
+
+def baseline_provenance(config: dict) -> str | None:
+    """Where the baseline's weights came from, as far as the recipe says."""
+    model = (config or {}).get("model") or {}
+    note = model.get("baseline_note") or (config or {}).get("baseline_note")
+    if note:
+        return str(note)
+    source = model.get("id") or (f"package `{model['package']}`" if model.get("package") else None)
+    gguf = model.get("gguf_file") or (model.get("id") if str(model.get("id") or "").endswith(".gguf") else None)
+    if gguf:
+        m = _GGUF_TYPE.search(str(gguf))
+        qtype = m.group(1).upper() if m else None
+        text = f"The baseline is the GGUF file `{Path(str(gguf)).name}` from {source}, dequantized to {model.get('dtype', 'float')}."
+        if qtype and qtype not in ("F16", "BF16", "F32"):
+            text += (
+                f" Its weights were already {qtype} (quantized) before they became the float baseline, so the losses"
+                " below are relative to that model, not to a full-precision checkpoint."
+            )
+        return text
+    if source:
+        return f"The baseline is {source} as loaded (dtype {model.get('dtype', 'as stored')}), unquantized."
+    return None
+
+
+def _gate_section(results: dict) -> list[str]:
+    lines = []
+    policies = [p for p in results.get("policies") or [] if isinstance(p.get("gate"), dict)]
+    if not policies:
+        return lines
+    lines += ["## Gate", ""]
+    top = results.get("gate") or {}
+    if top:
+        lines.append(f"Overall: **{'PASS' if top.get('passed') else 'FAIL'}**")
+        lines.append("")
+    for p in policies:
+        verdict = p["gate"]
+        lines.append(f"- **{p['name']}**: {'PASS' if verdict.get('passed') else 'FAIL'}")
+        for c in verdict.get("checks", []):
+            mark = "skip" if c.get("skipped") else ("ok" if c.get("passed") else "FAIL")
+            lines.append(f"  - [{mark}] `{c.get('name')}`: {c.get('detail', '')}")
+    lines.append("")
+    return lines
+
+
+def report_markdown(results: dict, plot_name: str | None = "pareto.png") -> str:
+    """The text of ``report.md``."""
+    recipe = results.get("recipe") or {}
+    config = recipe.get("config") or {}
+    env = results.get("environment") or {}
+    lines = [f"# qeval report: {run_label(results)}", ""]
+    if config.get("description"):
+        lines += [str(config["description"]), ""]
+    lines.append(f"- Recipe: `{recipe.get('path', '?')}` (sha256 `{str(recipe.get('sha256', '?'))[:16]}`)")
+    lines.append(
+        f"- Environment: qeval {env.get('qeval', '?')}, torch {env.get('torch', '?')}, "
+        f"transformers {env.get('transformers', '?')}, lm-eval {env.get('lm_eval', '?')}, device {env.get('device', '?')}, "
+        f"seed {env.get('seed', '?')}, git {str(env.get('git_commit') or 'n/a')[:12]}"
+    )
+    if env.get("started") or env.get("finished"):
+        lines.append(f"- Started {env.get('started', '?')}, finished {env.get('finished', '?')}")
+    data = env.get("eval_data")
+    if isinstance(data, dict):
+        for key, what in (("eval", "Evaluation text"), ("calibration", "Calibration data")):
+            if data.get(key):
+                lines.append(f"- {what}: `{json.dumps(data[key], sort_keys=True)}`")
+    modes = sorted({str(p.get("mode")) for p in results.get("policies") or [] if p.get("mode")})
+    if modes:
+        lines.append(f"- Compute path: {', '.join(modes)} (emulate = dequantize, then a float matmul)")
+    provenance = baseline_provenance(config)
+    if provenance:
+        lines += ["", f"**Baseline.** {provenance}"]
+    lines += ["", "## Results", ""]
+    columns = select_columns([results])
+    headers, rows = table_rows([results], columns, label_runs=False)
+    lines += [markdown_table(headers, rows), ""]
+    lines.append(
+        "KL is KL(baseline || policy) per token over the full vocabulary (nats); task cells are "
+        "accuracy±stderr (recovery vs baseline)."
+    )
+    lines.append("")
+    lines += _gate_section(results)
+    if plot_name:
+        lines += ["## Size vs quality", "", f"![Pareto plot]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def write_report(results: dict, run_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``pareto.png`` into ``run_dir`` (each atomically)."""
+    run_dir = Path(run_dir)
+    from qeval.pareto import pareto_plot
+
+    png = pareto_plot(results, run_dir / "pareto.png")
+    md = atomic_write_bytes(run_dir / "report.md", report_markdown(results, png.name).encode("utf-8"))
+    return md, png
