@@ -1,0 +1,139 @@
+"""Native FP8 on a CUDA GPU with FP8 tensor cores (sm_89+): agreement with emulation, and real memory.
+
+Run on the lent H100: ``python3 -m pytest tests/test_native_fp8.py -m gpu -q -s``.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+needs_fp8_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+    reason="needs a CUDA GPU with FP8 tensor cores (compute capability >= 8.9)",
+)
+
+
+def build_llama(layers=4, hidden=1024, inter=2816, vocab=2048, heads=8, kv_heads=2):
+    from transformers import LlamaConfig
+
+    from conftest import _build
+
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512, tie_word_embeddings=False,
+    )
+    with torch.device("cuda"):
+        return _build(cfg, dtype=torch.bfloat16)
+
+
+def rel(a, b):
+    d = (a.float() - b.float()).abs()
+    return float(d.max() / b.float().abs().max()), float(d.mean() / b.float().abs().mean())
+
+
+@needs_fp8_gpu
+def test_native_fp8_weights_take_one_byte_per_param():
+    from qeval.policy import plan
+    from qeval.quantize import dequantize_model, quantize_model
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    # Llama-7B-sized layers: the caching allocator's block rounding (up to ~1 MiB a tensor) stays negligible
+    model = build_llama(layers=2, hidden=4096, inter=11008, heads=32, kv_heads=8)
+    p = plan(model, "fp8-dynamic")
+    n_q = sum(e.params for e in p.entries if e.weights is not None)  # no biases in Llama
+    gc.collect()
+    gc.disable()  # no collection of earlier tests' garbage in the middle of the measurement
+    try:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        quantize_model(model, "fp8-dynamic", mode="native")
+        torch.cuda.synchronize()
+        after = torch.cuda.memory_allocated()
+    finally:
+        gc.enable()
+    per_param = (after - before + 2 * n_q) / n_q  # the BF16 weights (2 B/param) left the GPU
+    stored = sum(
+        m.qweight.w_data.nbytes + m.qweight.w_scale.nbytes for m in model.modules() if hasattr(m, "qweight")
+    )
+    print(f"\nFP8 native on {torch.cuda.get_device_name()}: {n_q:,} quantized params, memory {before / 2**20:.1f} MiB "
+          f"-> {after / 2**20:.1f} MiB, {per_param:.4f} bytes/param for the FP8 weights + scales "
+          f"(stored codes + scales: {stored / n_q:.4f} bytes/param); whole model {after / 2**20:.1f} MiB vs plan "
+          f"{p.bytes_after / 2**20:.1f} MiB")
+    assert all(m.qweight.w_data.dtype == torch.float8_e4m3fn for m in model.modules() if hasattr(m, "qweight"))
+    assert 1.0 < stored / n_q < 1.01
+    assert 0.98 < per_param < 1.03
+    assert abs(after - p.bytes_after) < 0.02 * p.bytes_after  # the plan predicted the memory
+    dequantize_model(model)
+    assert torch.cuda.memory_allocated() >= before  # originals back on the GPU
+
+
+@needs_fp8_gpu
+@pytest.mark.parametrize("policy", ["fp8-dynamic", "fp8"])
+def test_native_fp8_agrees_with_emulation(policy):
+    """Per layer (same input): native within bf16 rounding of emulation. End to end: see below.
+
+    A W8A8 chain amplifies any bf16-level difference: perturbing a value by
+    ~2^-9 moves it across an FP8 rounding boundary (FP8 steps are ~2^-4) with
+    probability ~2^-9/2^-4, and each such flip costs a whole FP8 step, so the
+    next layer's output moves by roughly half the quantization error itself.
+    Logits of a random-init model therefore agree with emulation to well under
+    the quantization error, not to bf16 rounding; the per-layer check is the
+    bf16-rounding one.
+    """
+    from qeval.quantize import quantized
+
+    torch.manual_seed(0)
+    model = build_llama()
+    ids = torch.randint(0, 2048, (2, 128), device="cuda")
+    calib = [torch.randint(0, 2048, (2, 128), device="cuda")]
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n]
+    inputs = {}
+    hooks = [
+        model.get_submodule(n).register_forward_pre_hook((lambda n: lambda m, a: (inputs.setdefault(n, a[0]), None)[1])(n))
+        for n in names
+    ]
+    with torch.no_grad():
+        base = model(input_ids=ids).logits
+        for h in hooks:
+            h.remove()
+        outs = {}
+        for mode in ("emulate", "native"):
+            with quantized(model, policy, mode=mode, calibration=calib):
+                assert model.model.layers[0].mlp.up_proj.qweight.mode == ("fp8" if mode == "native" else "emulate")
+                outs[mode] = model(input_ids=ids).logits
+                outs[mode, "layers"] = {n: model.get_submodule(n)(inputs[n]) for n in names}
+        restored = model(input_ids=ids).logits
+    per_layer = [rel(outs["native", "layers"][n], outs["emulate", "layers"][n]) for n in names]
+    lmx, lmean = max(x[0] for x in per_layer), max(x[1] for x in per_layer)
+    mx, mean = rel(outs["native"], outs["emulate"])
+    qmx, qmean = rel(outs["emulate"], base)
+    print(
+        f"\n[{policy}] {torch.cuda.get_device_name()}: per layer ({len(names)} linears, same input) native vs emulated: "
+        f"worst max rel {lmx:.3e}, worst mean rel {lmean:.3e}\n"
+        f"[{policy}] logits native vs emulated: max rel {mx:.3e}, mean rel {mean:.3e}; "
+        f"quantization itself (emulated vs BF16): max rel {qmx:.3e}, mean rel {qmean:.3e}"
+    )
+    assert torch.equal(restored, base)
+    assert lmean < 2**-8 and lmx < 2**-5  # bf16 rounding: eps 2^-8, one output ulp at most a few
+    assert mean < 0.8 * qmean and torch.isfinite(outs["native"]).all()
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() >= (10, 0),
+    reason="needs a pre-Blackwell CUDA GPU",
+)
+def test_native_nvfp4_before_blackwell_names_the_gpu():
+    from qeval.quantize import quantize_model
+
+    model = build_llama(layers=1)
+    with pytest.raises(ValueError) as err:
+        quantize_model(model, "nvfp4", mode="native", calibration=[torch.randint(0, 2048, (1, 16), device="cuda")])
+    msg = str(err.value)
+    print(f"\n{msg}")
+    assert torch.cuda.get_device_name() in msg and "Blackwell" in msg and "mode='emulate'" in msg
