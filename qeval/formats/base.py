@@ -109,6 +109,27 @@ class Format:
             nonfinite: "raise" (default) refuses NaN/Inf; "propagate" keeps
                 them: NaN stays NaN (a block holding one decodes to NaN).
         """
+        x, amax = self._checked(x, amax, role, nonfinite)
+        if x.is_cuda and (q := _kernel("quantize", self, x, amax, role)) is not None:
+            return q
+        return self._quantize(x, amax, role)
+
+    def fake_quant(
+        self,
+        x: torch.Tensor,
+        *,
+        amax: torch.Tensor | float | None = None,
+        role: Role = "weight",
+        nonfinite: NonFinite = "raise",
+    ) -> torch.Tensor:
+        """``quantize(x).dequantize()`` in x's dtype (same bits, always)."""
+        x, amax = self._checked(x, amax, role, nonfinite)
+        if x.is_cuda and (y := _kernel("fake_quant", self, x, amax, role)) is not None:
+            return y
+        return self._quantize(x, amax, role).dequantize(x.dtype)
+
+    def _checked(self, x: torch.Tensor, amax, role: Role, nonfinite: NonFinite):
+        """Validate the arguments; returns (x, amax as a float32 tensor or None)."""
         if role not in _ROLES:
             raise ValueError(f"role must be one of {_ROLES}, got {role!r}")
         if nonfinite not in _NONFINITE:
@@ -126,11 +147,7 @@ class Format:
                 )
         if amax is not None:
             amax = torch.as_tensor(amax, dtype=torch.float32, device=x.device)
-        return self._quantize(x, amax, role)
-
-    def fake_quant(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        """``quantize(x).dequantize()`` in x's dtype (same bits, always)."""
-        return self.quantize(x, **kwargs).dequantize(x.dtype)
+        return x, amax
 
     def bits_per_element(self, shape: tuple[int, ...], role: Role = "weight") -> float:
         """Effective bits per element of a tensor of ``shape``, scales included."""
@@ -138,6 +155,13 @@ class Format:
 
     def __str__(self) -> str:
         return self.spec
+
+
+def _kernel(kind: str, fmt: Format, x: torch.Tensor, amax, role: Role):
+    """The fused CUDA kernel's result (``qeval.kernels``), or None where none applies."""
+    from qeval import kernels  # lazy: CPU use never imports Triton
+
+    return getattr(kernels, kind)(fmt, x, amax=amax, role=role)
 
 
 # --- helpers shared by the block formats ---------------------------------

@@ -28,6 +28,16 @@ _E2M1_UP_IF_GREATER = (0.25, 1.25, 2.5, 5.0)
 _E2M1_UP_IF_AT_LEAST = (0.75, 1.75, 3.5)
 
 
+def div(a: torch.Tensor, divisor: float) -> torch.Tensor:
+    """Correctly rounded ``a / divisor`` on any device.
+
+    On CUDA, torch computes ``tensor / python_scalar`` as a multiply by the
+    reciprocal, which can be an ulp off; dividing by a tensor is exact IEEE
+    division everywhere.
+    """
+    return a / torch.tensor(divisor, dtype=a.dtype, device=a.device)
+
+
 def cast_fp8(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Saturating RNE cast of float32 ``v`` to an FP8 dtype.
 

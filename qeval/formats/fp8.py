@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import Format, QTensor, Role, blocks_of, crop_last, finite_abs, pad_last
-from .elements import FP8_DTYPES, FP8_MAX, cast_fp8
+from .elements import FP8_DTYPES, FP8_MAX, cast_fp8, div
 
 BLOCK = 128
 
@@ -20,7 +20,7 @@ BLOCK = 128
 def decode_scale(amax: torch.Tensor, fmax: float) -> torch.Tensor:
     """``amax / fmax`` in float32, with 1.0 where amax is 0."""
     amax = amax.float()
-    return torch.where(amax == 0, torch.ones_like(amax), amax / fmax)
+    return torch.where(amax == 0, torch.ones_like(amax), div(amax, fmax))
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from .elements import (
     E8M0_NAN,
     cast_fp8,
     ceil_log2,
+    div,
     e2m1_decode,
     e2m1_encode,
     e8m0_decode,
@@ -41,7 +42,7 @@ def mx_exponent(amax: torch.Tensor, element: str, rounding: str) -> torch.Tensor
     if rounding == "floor":
         e = floor_log2(amax) - _EMAX[element]
     else:
-        e = ceil_log2(amax / _MAX[element])
+        e = ceil_log2(div(amax, _MAX[element]))
     e = torch.where(amax == 0, torch.full_like(e, -E8M0_BIAS), e)
     return e.clamp(-E8M0_BIAS, E8M0_BIAS)
 

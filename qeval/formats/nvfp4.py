@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import Format, QTensor, Role, blocks_of, crop_last, finite_abs, pad_last
-from .elements import E2M1_MAX, E4M3_MAX, e2m1_decode, e2m1_encode, pack_fp4, unpack_fp4
+from .elements import E2M1_MAX, E4M3_MAX, div, e2m1_decode, e2m1_encode, pack_fp4, unpack_fp4
 
 BLOCK = 16
 SCALE_MIN = 2.0**-9
@@ -24,7 +24,7 @@ SCALE_MIN = 2.0**-9
 
 def global_decode_scale(amax: torch.Tensor) -> torch.Tensor:
     amax = amax.float()
-    return torch.where(amax == 0, torch.ones_like(amax), amax / (E2M1_MAX * E4M3_MAX))
+    return torch.where(amax == 0, torch.ones_like(amax), div(amax, E2M1_MAX * E4M3_MAX))
 
 
 @dataclass(frozen=True)

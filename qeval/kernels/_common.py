@@ -1,0 +1,161 @@
+"""Triton building blocks shared by the quantize kernels.
+
+Every helper mirrors one step of the plain-torch reference in
+``qeval.formats`` exactly: divisions are correctly rounded (``div_rn``; Triton's
+``/`` on float32 is approximate), casts round to nearest even, and the sign of
+zero follows the IEEE sign bit of the quotient.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+FLT_MAX_BITS = 0x7F7FFFFF  # largest finite float32, as bits
+INF_BITS = 0x7F800000
+NAN_BITS = 0x7FC00000
+
+# Launch options every kernel uses: no mul+add -> FMA contraction, so each
+# float32 operation rounds exactly as the reference's torch op does.
+LAUNCH = {"enable_fp_fusion": False}
+
+
+def fp8_special_codes(dtype: torch.dtype) -> tuple[int, int, int]:
+    """(code of +inf, code of -inf, code of NaN) as the reference ``cast_fp8`` writes them.
+
+    Asked of the reference itself, so the kernels follow it (E4M3: Inf -> NaN;
+    E5M2: Inf stays Inf) without restating the rule.
+    """
+    from qeval.formats.elements import cast_fp8
+
+    v = cast_fp8(torch.tensor([float("inf"), float("-inf"), float("nan")]), dtype).view(torch.uint8)
+    return int(v[0]), int(v[1]), int(v[2])
+
+
+@triton.jit
+def abs_bits(x):
+    """|x| of float32 ``x`` as int32 bits (orders like the value; > INF_BITS is NaN)."""
+    return x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+
+
+@triton.jit
+def finite_abs(x):
+    """|x| with NaN/Inf as 0 (the reference's ``finite_abs``), float32."""
+    b = abs_bits(x)
+    return tl.where(b <= 0x7F7FFFFF, b, 0).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def nan_like(x):
+    return tl.full(x.shape, 0x7FC00000, tl.int32).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def e2m1_round(v):
+    """RNE of float32 ``v`` onto the E2M1 grid, saturating at +-6, keeping the sign bit.
+
+    Adding and subtracting 2^22 / 2^23 / 2^24 rounds to a multiple of 0.5 / 1 / 2
+    in float32 (ties to even), which is the E2M1 spacing in [0, 2) / [2, 4) /
+    [4, 6]; the same thresholds as the reference (ties 0.25, 1.25, 2.5, 5 down;
+    0.75, 1.75, 3.5 up). NaN stays NaN.
+    """
+    m = tl.abs(v)
+    magic = tl.where(m < 2.0, 4194304.0, tl.where(m < 4.0, 8388608.0, 16777216.0))
+    r = (m + magic) - magic
+    r = tl.where(m > 5.0, 6.0, r)
+    sign = v.to(tl.int32, bitcast=True) & -2147483648
+    return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def e2m1_code(r):
+    """E2M1 code (int32 0-15) of a value already on the grid (output of ``e2m1_round``).
+
+    NaN gives the code of its sign bit with magnitude 0, as the reference's
+    threshold comparisons do.
+    """
+    b = r.to(tl.int32, bitcast=True)
+    mb = b & 0x7FFFFFFF
+    exp = mb >> 23
+    big = ((exp - 126) << 1) | ((mb >> 22) & 1)  # 1.0 -> 2, 1.5 -> 3, 2 -> 4, 3 -> 5, 4 -> 6, 6 -> 7
+    small = tl.where(mb == 0x3F000000, 1, 0)  # 0.5 -> 1, 0 -> 0
+    mag = tl.where(exp >= 127, big, small)
+    mag = tl.where(mb > 0x7F800000, 0, mag)  # NaN
+    return mag | (((b >> 31) & 1) << 3)
+
+
+@triton.jit
+def cast_fp8_bits(v, FP8: tl.constexpr, FMAX: tl.constexpr, INF_POS: tl.constexpr, INF_NEG: tl.constexpr,
+                  NAN_CODE: tl.constexpr):
+    """Saturating RNE float32 -> FP8, as uint8 bits (the reference's ``cast_fp8``)."""
+    c = tl.where(v > FMAX, FMAX, tl.where(v < -FMAX, -FMAX, v))
+    q = c.to(FP8, fp_downcast_rounding="rtne").to(tl.uint8, bitcast=True)
+    b = v.to(tl.int32, bitcast=True)
+    mb = b & 0x7FFFFFFF
+    q = tl.where(mb == 0x7F800000, tl.where(b < 0, INF_NEG, INF_POS).to(tl.uint8), q)
+    q = tl.where(mb > 0x7F800000, tl.full(q.shape, NAN_CODE, tl.uint8), q)
+    return q
+
+
+@triton.jit
+def fp8_bits_to_f32(q, FP8: tl.constexpr):
+    return q.to(FP8, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def pack_nibbles(code, BM: tl.constexpr, BK: tl.constexpr):
+    """[BM, BK] int32 codes -> [BM, BK // 2] uint8, element 2i in the low nibble."""
+    pairs = tl.reshape(code, (BM, BK // 2, 2))
+    lo, hi = tl.split(pairs)
+    return (lo | (hi << 4)).to(tl.uint8)
+
+
+@triton.jit
+def amax_kernel(x_ptr, out_ptr, N, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+    """Finite max |x| over a flat tensor, as float32 bits atomically maxed into out_ptr (int32, zeroed).
+
+    Each program reduces ITERS consecutive chunks of BLOCK, then does one atomic.
+    """
+    base = tl.program_id(0).to(tl.int64) * (BLOCK * ITERS)
+    acc = tl.zeros([BLOCK], tl.int32)
+    for i in range(ITERS):
+        offs = base + i * BLOCK + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + offs, mask=offs < N, other=0.0).to(tl.float32)
+        b = abs_bits(x)
+        acc = tl.maximum(acc, tl.where(b <= 0x7F7FFFFF, b, 0))
+    tl.atomic_max(out_ptr, tl.max(acc, 0))
+
+
+@triton.jit
+def e2m1_value(code):
+    """E2M1 code (int32 0-15) -> float32 value; code 8 is -0.0 (the reference's table)."""
+    mag = code & 7
+    bits = tl.where(mag < 2, mag * 0x3F000000, ((mag >> 1) + 126) << 23 | ((mag & 1) << 22))
+    return (bits | ((code >> 3) << 31)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def load_pairs(x_ptr, offs, mask, PAIR: tl.constexpr):
+    """Load element pairs (2j, 2j+1) through an integer view of x: x_ptr points at int32
+    (PAIR == 16, two bf16/fp16) or int64 (PAIR == 32, two float32); returns the two
+    halves as int32 bit patterns of the low (even) and high (odd) element."""
+    v = tl.load(x_ptr + offs, mask=mask, other=0)
+    if PAIR == 32:
+        lo = (v & 0xFFFFFFFF).to(tl.int32)
+        hi = (v >> 32).to(tl.int32)
+    else:
+        lo = v & 0xFFFF
+        hi = (v >> 16) & 0xFFFF
+    return lo, hi
+
+
+@triton.jit
+def half_to_f32(h, SRC: tl.constexpr):
+    """16- or 32-bit pattern (int32) of an element of dtype SRC -> float32 value."""
+    if SRC == 0:  # float32
+        return h.to(tl.float32, bitcast=True)
+    elif SRC == 1:  # bfloat16: its bits are the top half of the float32
+        return (h << 16).to(tl.float32, bitcast=True)
+    else:  # float16
+        return h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)

@@ -1,0 +1,132 @@
+"""FP8 (E4M3 / E5M2) fake-quant and quantize: per tensor, per row, 1x128 and 128x128 blocks.
+
+Mirrors ``qeval.formats.fp8``: ``s = amax / fmax`` (1 where amax is 0) with
+amax over finite values, ``q = cast_saturating(x / s)``, ``x_hat = fp32(q) * s``.
+Both divisions are correctly rounded.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._common import cast_fp8_bits, finite_abs, fp8_bits_to_f32
+
+
+@triton.jit
+def decode_scale(amax, FMAX: tl.constexpr):
+    return tl.where(amax == 0.0, 1.0, tl.math.div_rn(amax, FMAX))
+
+
+@triton.jit
+def fp8_tensor_kernel(
+    x_ptr, out_ptr, q_ptr, amax_ptr, s_ptr, N,
+    FAKE: tl.constexpr, FP8: tl.constexpr, FMAX: tl.constexpr,
+    INF_POS: tl.constexpr, INF_NEG: tl.constexpr, NAN_CODE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One float32 scale for the whole (flat, contiguous) tensor, from the amax at amax_ptr."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    s = decode_scale(tl.load(amax_ptr), FMAX)
+    q = cast_fp8_bits(tl.math.div_rn(x, s), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+    if FAKE:
+        out = fp8_bits_to_f32(q, FP8) * s
+        tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(q_ptr + offs, q, mask=mask)
+        tl.store(s_ptr, s, mask=pid == 0)
+
+
+@triton.jit
+def fp8_row_kernel(
+    x_ptr, out_ptr, q_ptr, s_ptr, M, K, sxm, som, sqm,
+    FAKE: tl.constexpr, FP8: tl.constexpr, FMAX: tl.constexpr,
+    INF_POS: tl.constexpr, INF_NEG: tl.constexpr, NAN_CODE: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr, SINGLE: tl.constexpr,
+):
+    """One scale per row (per token / per output channel). SINGLE: the row fits one tile
+    (one read); else an amax sweep, then a quantize sweep (its re-read mostly hits L2)."""
+    pid = tl.program_id(0)
+    rm = (pid * BM + tl.arange(0, BM)).to(tl.int64)
+    row_ok = rm[:, None] < M
+    if SINGLE:
+        rk = tl.arange(0, BK)
+        mask = row_ok & (rk[None, :] < K)
+        x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=mask, other=0.0).to(tl.float32)
+        s = decode_scale(tl.max(finite_abs(x), axis=1), FMAX)
+        q = cast_fp8_bits(tl.math.div_rn(x, s[:, None]), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+        if FAKE:
+            out = fp8_bits_to_f32(q, FP8) * s[:, None]
+            tl.store(out_ptr + rm[:, None] * som + rk[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+        else:
+            tl.store(q_ptr + rm[:, None] * sqm + rk[None, :], q, mask=mask)
+    else:
+        amax = tl.zeros([BM], tl.float32)
+        for k0 in range(0, K, BK):
+            rk = k0 + tl.arange(0, BK)
+            x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=row_ok & (rk[None, :] < K), other=0.0)
+            amax = tl.maximum(amax, tl.max(finite_abs(x.to(tl.float32)), axis=1))
+        s = decode_scale(amax, FMAX)
+        for k0 in range(0, K, BK):
+            rk = k0 + tl.arange(0, BK)
+            mask = row_ok & (rk[None, :] < K)
+            x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=mask, other=0.0).to(tl.float32)
+            q = cast_fp8_bits(tl.math.div_rn(x, s[:, None]), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+            if FAKE:
+                out = fp8_bits_to_f32(q, FP8) * s[:, None]
+                tl.store(out_ptr + rm[:, None] * som + rk[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+            else:
+                tl.store(q_ptr + rm[:, None] * sqm + rk[None, :], q, mask=mask)
+    if not FAKE:
+        tl.store(s_ptr + rm, s, mask=rm < M)
+
+
+@triton.jit
+def fp8_block_kernel(
+    x_ptr, out_ptr, q_ptr, s_ptr, M, K, KP, sxm, som, sqm, ssm, ssb,
+    FAKE: tl.constexpr, TILE2D: tl.constexpr, FP8: tl.constexpr, FMAX: tl.constexpr,
+    INF_POS: tl.constexpr, INF_NEG: tl.constexpr, NAN_CODE: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr,
+):
+    """128-blocks along K. TILE2D: one scale per 128x128 tile of a [L, M, K] stack
+    (weights; program axis 0 runs over L * ceil(M / 128)); else one per 1x128 group."""
+    NB: tl.constexpr = BK // 128
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    if TILE2D:
+        mt = tl.cdiv(M, BM)
+        mat = pid_m // mt
+        rm = ((pid_m % mt) * BM + tl.arange(0, BM)).to(tl.int64)
+        base = mat.to(tl.int64) * M
+    else:
+        rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
+        base = 0
+    rk = pid_k * BK + tl.arange(0, BK)
+    row_ok = rm[:, None] < M
+    x = tl.load(x_ptr + (base + rm[:, None]) * sxm + rk[None, :], mask=row_ok & (rk[None, :] < K), other=0.0)
+    x = x.to(tl.float32)
+    if TILE2D:
+        s = decode_scale(tl.max(tl.max(finite_abs(x), axis=1), axis=0), FMAX)
+        q = cast_fp8_bits(tl.math.div_rn(x, s), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+        if FAKE:
+            deq = fp8_bits_to_f32(q, FP8) * s
+    else:
+        xb = tl.reshape(x, (BM, NB, 128))
+        s = decode_scale(tl.max(finite_abs(xb), axis=2), FMAX)
+        qb = cast_fp8_bits(tl.math.div_rn(xb, s[:, :, None]), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+        q = tl.reshape(qb, (BM, BK))
+        if FAKE:
+            deq = tl.reshape(fp8_bits_to_f32(qb, FP8) * s[:, :, None], (BM, BK))
+    if FAKE:
+        tl.store(out_ptr + (base + rm[:, None]) * som + rk[None, :], deq.to(out_ptr.dtype.element_ty),
+                 mask=row_ok & (rk[None, :] < K))
+    else:
+        tl.store(q_ptr + (base + rm[:, None]) * sqm + rk[None, :], q, mask=row_ok & (rk[None, :] < KP))
+        if TILE2D:
+            # scale layout [L, ceil(M/128), KP/128]: ssb = stride of one matrix, ssm = of one row-block
+            tl.store(s_ptr + mat.to(tl.int64) * ssb + (pid_m % mt) * ssm + pid_k, s)
+        else:
+            rs = pid_k * NB + tl.arange(0, NB)
+            tl.store(s_ptr + rm[:, None] * ssm + rs[None, :], s, mask=row_ok & (rs[None, :] < KP // 128))

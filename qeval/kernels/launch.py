@@ -1,0 +1,293 @@
+"""Host side of the quantize kernels: shapes, buffers, tile sizes, launches.
+
+Each ``run_*`` returns what the reference would: a :class:`QTensor` laid out
+exactly as ``qeval.formats`` lays it out (same shapes, dtypes and padding), or
+the fake-quantized tensor in x's dtype. Inputs are CUDA float32/bf16/fp16
+tensors with fewer than 2^31 elements (the dispatcher checks).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from qeval.formats.base import QTensor
+from qeval.formats.fp8 import FP8Format
+from qeval.formats.mx import MXFormat
+from qeval.formats.nvfp4 import NVFP4Format
+
+from ._common import LAUNCH, amax_kernel, fp8_special_codes
+from .fp8 import fp8_block_kernel, fp8_row_kernel, fp8_tensor_kernel
+from .mx import mx_kernel, mxfp4_quant_pairs_kernel
+from .nvfp4 import fp4_dequant_kernel, nvfp4_kernel, nvfp4_quant_pairs_kernel
+
+import triton.language as tl
+
+# Tile sizes (elements per program and warps); the benchmark may override them.
+CONFIG = {"tile": 4096, "max_bk": 512, "warps": 4, "flat_block": 4096, "amax_block": 4096, "amax_warps": 8, "amax_iters": 8,
+          "tile2d_warps": 16, "pairs": True}
+
+_TL_FP8 = {torch.float8_e4m3fn: tl.float8e4nv, torch.float8_e5m2: tl.float8e5}
+_SPECIAL: dict[torch.dtype, tuple[int, int, int]] = {}
+
+
+def _special(dtype: torch.dtype) -> tuple[int, int, int]:
+    if dtype not in _SPECIAL:
+        _SPECIAL[dtype] = fp8_special_codes(dtype)
+    return _SPECIAL[dtype]
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _tile(m: int, kp: int, group: int) -> tuple[int, int]:
+    bk = max(group, min(_pow2(kp), CONFIG["max_bk"]))
+    return max(1, CONFIG["tile"] // bk), bk  # bm independent of m: fewer compiled variants
+
+
+def _as_2d(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1]).contiguous()
+
+
+_SRC = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def _pairs_view(x2: torch.Tensor):
+    """x2 [M, K] (K even) viewed as one integer per element pair, or None when it can't be."""
+    if not CONFIG["pairs"] or x2.shape[-1] % 2:
+        return None
+    try:
+        return x2.view(torch.int64 if x2.dtype == torch.float32 else torch.int32)
+    except RuntimeError:  # storage offset not aligned to a pair
+        return None
+
+
+def _pairs_launch(kernel, x2, xp, q, s, kp, group, extra_args, flags):
+    m, kh = xp.shape
+    bh = max(group // 2, min(_pow2(kp // 2), CONFIG["max_bk"] // 2))
+    bm = max(1, CONFIG["tile"] // (2 * bh))
+    grid = (triton.cdiv(m, bm), triton.cdiv(kp // 2, bh))
+    pair = 32 if x2.dtype == torch.float32 else 16
+    kernel[grid](xp, q, s, *extra_args, m, kh, kp, xp.stride(0), q.stride(0), s.stride(0),
+                 SRC=_SRC[x2.dtype], PAIR=pair, BM=bm, BH=bh, num_warps=CONFIG["warps"], **flags, **LAUNCH)
+
+
+def global_amax(x: torch.Tensor) -> torch.Tensor:
+    """max |x| over the finite values of a CUDA tensor, float32 shape [1] (one read pass)."""
+    flat = x.contiguous().reshape(-1)
+    buf = torch.zeros(1, dtype=torch.int32, device=x.device)
+    n = flat.numel()
+    block = CONFIG["amax_block"]
+    iters = CONFIG["amax_iters"] if n > block * CONFIG["amax_iters"] * 256 else 1
+    grid = (triton.cdiv(n, block * iters),)
+    amax_kernel[grid](flat, buf, n, BLOCK=block, ITERS=iters, num_warps=CONFIG["amax_warps"], **LAUNCH)
+    return buf.view(torch.float32)
+
+
+def _amax_arg(x: torch.Tensor, amax: torch.Tensor | float | None) -> torch.Tensor:
+    if amax is None:
+        return global_amax(x)
+    return torch.as_tensor(amax, dtype=torch.float32, device=x.device).reshape(1)
+
+
+def _scalar_shape(amax) -> tuple[int, ...]:
+    return tuple(torch.as_tensor(amax).shape) if amax is not None else ()
+
+
+# --- NVFP4 -----------------------------------------------------------------
+def run_nvfp4(fmt: NVFP4Format, x: torch.Tensor, amax, role: str, fake: bool):
+    x2 = _as_2d(x)
+    m, k = x2.shape
+    kp = triton.cdiv(k, 16) * 16
+    bm, bk = _tile(m, kp, 16)
+    grid = (triton.cdiv(m, bm), triton.cdiv(kp, bk))
+    a = _amax_arg(x2, amax)
+    if fake:
+        out = torch.empty_like(x2)
+        nvfp4_kernel[grid](x2, out, out, out, a, a, m, k, kp, x2.stride(0), out.stride(0), 0, 0,
+                           FAKE=True, BM=bm, BK=bk, num_warps=CONFIG["warps"], **LAUNCH)
+        return out.reshape(x.shape)
+    q = torch.empty(m, kp // 2, dtype=torch.uint8, device=x.device)
+    s = torch.empty(m, kp // 16, dtype=torch.uint8, device=x.device)
+    gs = torch.empty(1, dtype=torch.float32, device=x.device)
+    xp = _pairs_view(x2)
+    if xp is not None:
+        _pairs_launch(nvfp4_quant_pairs_kernel, x2, xp, q, s, kp, 16, (a, gs), {})
+    else:
+        nvfp4_kernel[grid](x2, x2, q, s, a, gs, m, k, kp, x2.stride(0), 0, q.stride(0), s.stride(0),
+                           FAKE=False, BM=bm, BK=bk, num_warps=CONFIG["warps"], **LAUNCH)
+    lead = x.shape[:-1]
+    return QTensor(q.reshape(*lead, kp // 2), s.view(torch.float8_e4m3fn).reshape(*lead, kp // 16),
+                   gs.reshape(_scalar_shape(amax)), x.shape, fmt, padded=kp != k, role=role)
+
+
+# --- MX ----------------------------------------------------------------------
+def run_mx(fmt: MXFormat, x: torch.Tensor, amax, role: str, fake: bool):
+    x2 = _as_2d(x)
+    m, k = x2.shape
+    kp = triton.cdiv(k, 32) * 32
+    bm, bk = _tile(m, kp, 32)
+    grid = (triton.cdiv(m, bm), triton.cdiv(kp, bk))
+    fp4 = fmt.element == "e2m1"
+    inf_pos, inf_neg, nan_code = _special(torch.float8_e4m3fn)
+    flags = dict(FP4=fp4, RCEIL=fmt.rounding == "rceil", INF_POS=inf_pos, INF_NEG=inf_neg, NAN_CODE=nan_code,
+                 BM=bm, BK=bk, num_warps=CONFIG["warps"], **LAUNCH)
+    if fake:
+        out = torch.empty_like(x2)
+        mx_kernel[grid](x2, out, out, out, m, k, kp, x2.stride(0), out.stride(0), 0, 0, FAKE=True, **flags)
+        return out.reshape(x.shape)
+    if fp4:
+        q = torch.empty(m, kp // 2, dtype=torch.uint8, device=x.device)
+    else:
+        q = torch.empty(m, kp, dtype=torch.float8_e4m3fn, device=x.device)
+    s = torch.empty(m, kp // 32, dtype=torch.uint8, device=x.device)
+    xp = _pairs_view(x2) if fp4 else None
+    if xp is not None:
+        _pairs_launch(mxfp4_quant_pairs_kernel, x2, xp, q, s, kp, 32, (), {"RCEIL": fmt.rounding == "rceil"})
+    else:
+        mx_kernel[grid](x2, x2, q.view(torch.uint8), s, m, k, kp, x2.stride(0), 0, q.stride(0), s.stride(0),
+                        FAKE=False, **flags)
+    lead = x.shape[:-1]
+    return QTensor(q.reshape(*lead, q.shape[-1]), s.view(torch.float8_e8m0fnu).reshape(*lead, kp // 32),
+                   None, x.shape, fmt, padded=kp != k, role=role)
+
+
+# --- FP8 ---------------------------------------------------------------------
+def _fp8_flags(fmt: FP8Format) -> dict:
+    dtype = fmt.dtype
+    inf_pos, inf_neg, nan_code = _special(dtype)
+    return dict(FP8=_TL_FP8[dtype], FMAX=float(torch.finfo(dtype).max), INF_POS=inf_pos, INF_NEG=inf_neg,
+                NAN_CODE=nan_code)
+
+
+def run_fp8(fmt: FP8Format, x: torch.Tensor, amax, role: str, fake: bool):
+    if fmt.granularity == "tensor":
+        return _fp8_tensor(fmt, x, amax, role, fake)
+    if fmt.granularity == "row":
+        return _fp8_row(fmt, x, role, fake)
+    return _fp8_block(fmt, x, role, fake)
+
+
+def _fp8_tensor(fmt, x, amax, role, fake):
+    flat = x.contiguous().reshape(-1)
+    n = flat.numel()
+    a = _amax_arg(flat, amax)
+    block = CONFIG["flat_block"]
+    grid = (triton.cdiv(n, block),)
+    flags = dict(**_fp8_flags(fmt), BLOCK=block, num_warps=CONFIG["warps"], **LAUNCH)
+    if fake:
+        out = torch.empty_like(flat)
+        fp8_tensor_kernel[grid](flat, out, out, a, a, n, FAKE=True, **flags)
+        return out.reshape(x.shape)
+    q = torch.empty(n, dtype=fmt.dtype, device=x.device)
+    s = torch.empty(1, dtype=torch.float32, device=x.device)
+    fp8_tensor_kernel[grid](flat, flat, q.view(torch.uint8), a, s, n, FAKE=False, **flags)
+    return QTensor(q.reshape(x.shape), s.reshape(_scalar_shape(amax)), None, x.shape, fmt, role=role)
+
+
+def fp8_row_quant(x2: torch.Tensor, fmt: FP8Format, out_rows: int | None = None, fake: bool = False):
+    """Per-row FP8 of a contiguous 2-D tensor: (codes [out_rows, K], scales [out_rows, 1] float32),
+    or the fake-quantized tensor. Rows past x2's are left for the caller (padding)."""
+    m, k = x2.shape
+    single = _pow2(k) <= 16384  # whole row in one tile: one read of x
+    if single:
+        bk = _pow2(k)
+        bm = max(1, CONFIG["tile"] // bk)
+        warps = max(CONFIG["warps"], min(16, bk // 512))
+    else:  # two sweeps; one row per program keeps the re-read in L2
+        bk, bm, warps = 4096, 1, 8
+    grid = (triton.cdiv(m, bm),)
+    flags = dict(**_fp8_flags(fmt), BM=bm, BK=bk, SINGLE=single, num_warps=warps, **LAUNCH)
+    if fake:
+        out = torch.empty_like(x2)
+        fp8_row_kernel[grid](x2, out, out, out, m, k, x2.stride(0), out.stride(0), 0, FAKE=True, **flags)
+        return out
+    rows = out_rows or m
+    q = torch.empty(rows, k, dtype=fmt.dtype, device=x2.device)
+    s = torch.empty(rows, 1, dtype=torch.float32, device=x2.device)
+    fp8_row_kernel[grid](x2, x2, q.view(torch.uint8), s, m, k, x2.stride(0), 0, q.stride(0), FAKE=False, **flags)
+    return q, s
+
+
+def _fp8_row(fmt, x, role, fake):
+    x2 = _as_2d(x)
+    if fake:
+        return fp8_row_quant(x2, fmt, fake=True).reshape(x.shape)
+    q, s = fp8_row_quant(x2, fmt)
+    lead = x.shape[:-1]
+    return QTensor(q.reshape(x.shape), s.reshape(*lead, 1), None, x.shape, fmt, role=role)
+
+
+def _fp8_block(fmt, x, role, fake):
+    k = x.shape[-1]
+    kp = triton.cdiv(k, 128) * 128
+    tile2d = role == "weight" and x.dim() >= 2
+    x2 = _as_2d(x)
+    flags = dict(**_fp8_flags(fmt), TILE2D=tile2d, **LAUNCH)
+    if tile2d:
+        rows = x.shape[-2]
+        mats = math.prod(x.shape[:-2])
+        nb = triton.cdiv(rows, 128)
+        bm, bk = 128, 128
+        grid = (mats * nb, kp // 128)
+        flags.update(num_warps=CONFIG["tile2d_warps"])
+    else:
+        rows = x2.shape[0]
+        bm, bk = _tile(rows, kp, 128)
+        grid = (triton.cdiv(rows, bm), triton.cdiv(kp, bk))
+        flags.update(num_warps=CONFIG["warps"])
+    if fake:
+        out = torch.empty_like(x2)
+        fp8_block_kernel[grid](x2, out, out, out, rows, k, kp, x2.stride(0), out.stride(0), 0, 0, 0,
+                               FAKE=True, BM=bm, BK=bk, **flags)
+        return out.reshape(x.shape)
+    q = torch.empty(x2.shape[0], kp, dtype=fmt.dtype, device=x.device)
+    if tile2d:
+        s = torch.empty(mats, nb, kp // 128, dtype=torch.float32, device=x.device)
+        ssm, ssb = s.stride(1), s.stride(0)
+        s_shape = (*x.shape[:-2], nb, kp // 128)
+    else:
+        s = torch.empty(rows, kp // 128, dtype=torch.float32, device=x.device)
+        ssm, ssb = s.stride(0), 0
+        s_shape = (*x.shape[:-1], kp // 128)
+    fp8_block_kernel[grid](x2, x2, q.view(torch.uint8), s, rows, k, kp, x2.stride(0), 0, q.stride(0), ssm, ssb,
+                           FAKE=False, BM=bm, BK=bk, **flags)
+    return QTensor(q.reshape(*x.shape[:-1], kp), s.reshape(s_shape), None, x.shape, fmt,
+                   padded=kp != k, role=role)
+
+
+def dequantize(q: QTensor, dtype: torch.dtype):
+    """NVFP4 / MXFP4 QTensor -> values (the reference's ``dequantize``), or None for other formats."""
+    fmt = q.fmt
+    if isinstance(fmt, NVFP4Format):
+        group, mx = 16, False
+    elif isinstance(fmt, MXFormat) and fmt.element == "e2m1":
+        group, mx = 32, True
+    else:
+        return None
+    k = q.shape[-1] if len(q.shape) else 1
+    kp = q.data.shape[-1] * 2
+    codes = q.data.reshape(-1, kp // 2).contiguous()
+    scales = q.scale.view(torch.uint8).reshape(-1, kp // group).contiguous()
+    m = codes.shape[0]
+    gs = q.global_scale.reshape(1) if q.global_scale is not None else scales
+    out = torch.empty(m, k, dtype=dtype, device=codes.device)
+    bm, bk = _tile(m, kp, group)
+    grid = (triton.cdiv(m, bm), triton.cdiv(kp, bk))
+    fp4_dequant_kernel[grid](codes, scales, gs, out, m, k, kp, codes.stride(0), scales.stride(0), out.stride(0),
+                             MX=mx, BM=bm, BK=bk, num_warps=CONFIG["warps"], **LAUNCH)
+    return out.reshape(q.shape)
+
+
+def run(fmt, x: torch.Tensor, amax, role: str, fake: bool):
+    """Dispatch on the format class; None when no kernel covers it."""
+    if isinstance(fmt, NVFP4Format):
+        return run_nvfp4(fmt, x, amax, role, fake)
+    if isinstance(fmt, MXFormat):
+        return run_mx(fmt, x, amax, role, fake)
+    if isinstance(fmt, FP8Format):
+        return run_fp8(fmt, x, amax, role, fake)
+    return None

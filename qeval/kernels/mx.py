@@ -1,0 +1,118 @@
+"""MXFP8 / MXFP4 (32-blocks, E8M0 scales, "floor" or "rceil") in one Triton pass.
+
+Mirrors ``qeval.formats.mx``: the exponent comes exactly from the float32 bits
+of the block amax (floor) or of ``amax / max_elem`` (rceil, a correctly rounded
+division); elements are ``x * 2^-e``, which equals the reference's division by
+the power of two (one rounding of the same real number).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._common import cast_fp8_bits, e2m1_code, e2m1_round, fp8_bits_to_f32, half_to_f32, load_pairs, nan_like, pack_nibbles
+
+G = 32
+
+
+@triton.jit
+def mx_exponent(mb, EMAX: tl.constexpr, ELEM_MAX: tl.constexpr, RCEIL: tl.constexpr):
+    """Unbiased E8M0 exponent (int32, in [-127, 127]) from block-amax bits ``mb``."""
+    if RCEIL:
+        v = tl.math.div_rn(mb.to(tl.float32, bitcast=True), ELEM_MAX)
+        vb = v.to(tl.int32, bitcast=True)
+        be = vb >> 23
+        # exact ceil(log2 v) from the bits (frexp semantics: v == 0 gives 0)
+        e = tl.where((vb & 0x7FFFFF) != 0, be - 126, be - 127)
+        e = tl.where(be == 0, tl.where(vb > 0x00400000, -126, -127), e)
+        e = tl.where(vb == 0, 0, e)
+    else:
+        e = (mb >> 23) - 127 - EMAX  # a subnormal amax lands below -127 and is clamped
+    e = tl.where(mb == 0, -127, e)
+    return tl.minimum(tl.maximum(e, -127), 127)
+
+
+@triton.jit
+def mx_kernel(
+    x_ptr, out_ptr, q_ptr, s_ptr,
+    M, K, KP, sxm, som, sqm, ssm,
+    FAKE: tl.constexpr, FP4: tl.constexpr, RCEIL: tl.constexpr,
+    INF_POS: tl.constexpr, INF_NEG: tl.constexpr, NAN_CODE: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr,
+):
+    NB: tl.constexpr = BK // 32
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
+    rk = pid_k * BK + tl.arange(0, BK)
+    row_ok = rm[:, None] < M
+    x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=row_ok & (rk[None, :] < K), other=0.0)
+    xb = tl.reshape(x.to(tl.float32), (BM, NB, 32))
+
+    mb = tl.max(xb.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2)
+    nonfinite = mb >= 0x7F800000
+    if FP4:
+        e = mx_exponent(mb, 2, 6.0, RCEIL)
+    else:
+        e = mx_exponent(mb, 8, 448.0, RCEIL)
+    # 2^-e and 2^e as float32 (2^-127 is the subnormal with bit 22 set)
+    inv = tl.where(e == 127, 0x00400000, (127 - e) << 23).to(tl.float32, bitcast=True)
+    scl = tl.where(e == -127, 0x00400000, (e + 127) << 23).to(tl.float32, bitcast=True)
+    inv = tl.where(nonfinite, nan_like(inv), inv)
+    scl = tl.where(nonfinite, nan_like(scl), scl)
+
+    v = xb * inv[:, :, None]
+    if FP4:
+        r = e2m1_round(v)
+        deq = r
+    else:
+        qb = cast_fp8_bits(v, tl.float8e4nv, 448.0, INF_POS, INF_NEG, NAN_CODE)
+        deq = fp8_bits_to_f32(qb, tl.float8e4nv)
+    if FAKE:
+        out = tl.reshape(deq * scl[:, :, None], (BM, BK))
+        tl.store(out_ptr + rm[:, None] * som + rk[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=row_ok & (rk[None, :] < K))
+    else:
+        if FP4:
+            code = tl.reshape(e2m1_code(r), (BM, BK))
+            packed = pack_nibbles(code, BM, BK)
+            rp = pid_k * (BK // 2) + tl.arange(0, BK // 2)
+            tl.store(q_ptr + rm[:, None] * sqm + rp[None, :], packed, mask=row_ok & (rp[None, :] < KP // 2))
+        else:
+            q = tl.reshape(qb, (BM, BK))
+            tl.store(q_ptr + rm[:, None] * sqm + rk[None, :], q, mask=row_ok & (rk[None, :] < KP))
+        sbits = tl.where(nonfinite, 255, e + 127).to(tl.uint8)
+        rs = pid_k * NB + tl.arange(0, NB)
+        tl.store(s_ptr + rm[:, None] * ssm + rs[None, :], sbits, mask=row_ok & (rs[None, :] < KP // 32))
+
+
+@triton.jit
+def mxfp4_quant_pairs_kernel(
+    xp_ptr, q_ptr, s_ptr, M, KH, KP, sxm, sqm, ssm,
+    RCEIL: tl.constexpr, SRC: tl.constexpr, PAIR: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
+):
+    """Packed MXFP4 quantize of an even-K tensor read as element pairs (see
+    ``nvfp4_quant_pairs_kernel``); the same numbers as ``mx_kernel``."""
+    NB: tl.constexpr = BH // 16
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
+    rh = pid_k * BH + tl.arange(0, BH)
+    row_ok = rm[:, None] < M
+    lo, hi = load_pairs(xp_ptr, rm[:, None] * sxm + rh[None, :], row_ok & (rh[None, :] < KH), PAIR)
+    xe = tl.reshape(half_to_f32(lo, SRC), (BM, NB, 16))
+    xo = tl.reshape(half_to_f32(hi, SRC), (BM, NB, 16))
+    mb = tl.maximum(tl.max(xe.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2),
+                    tl.max(xo.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2))
+    nonfinite = mb >= 0x7F800000
+    e = mx_exponent(mb, 2, 6.0, RCEIL)
+    inv = tl.where(e == 127, 0x00400000, (127 - e) << 23).to(tl.float32, bitcast=True)
+    inv = tl.where(nonfinite, nan_like(inv), inv)
+    ce = e2m1_code(e2m1_round(xe * inv[:, :, None]))
+    co = e2m1_code(e2m1_round(xo * inv[:, :, None]))
+    packed = tl.reshape(ce | (co << 4), (BM, BH)).to(tl.uint8)
+    tl.store(q_ptr + rm[:, None] * sqm + rh[None, :], packed, mask=row_ok & (rh[None, :] < KP // 2))
+    sbits = tl.where(nonfinite, 255, e + 127).to(tl.uint8)
+    rs = pid_k * NB + tl.arange(0, NB)
+    tl.store(s_ptr + rm[:, None] * ssm + rs[None, :], sbits, mask=row_ok & (rs[None, :] < KP // 32))
