@@ -1,0 +1,187 @@
+"""Evaluate one model state (the baseline, or the model under one policy) into a results entry.
+
+``qeval.run`` calls these in order; each returns the dict that
+``RunDir.save_policy`` writes (schema in ``qeval.results``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+from .divergence import BaselineSpill
+from .stream import Shard, lm_pass
+from .weights import measured_weight_bytes
+
+EMPTY_METRICS = {
+    "perplexity": None, "perplexity_tokens": None, "kl_mean": None, "kl_p99": None,
+    "top1_agreement": None, "tokens": None, "tasks": {},
+    "embedding_cosine_mean": None, "embedding_cosine_min": None, "similarity_spearman": None,
+}
+
+
+def spill_for(run_path: Path, rundir, shard: Shard, ctx) -> BaselineSpill:
+    """This process's baseline spill file in the run directory, keyed by what it holds."""
+    key = {
+        "run": rundir.manifest["recipe"]["sha256"] if rundir is not None else None,
+        "tokens": None if ctx.token_ids is None else int(ctx.token_ids.numel()),
+        "windows": [[w.begin, w.end, w.first_target] for w in shard.take(ctx.windows)],
+        "rank": shard.rank,
+        "world": shard.world,
+    }
+    return BaselineSpill(Path(run_path) / "spill" / f"baseline_logp.rank{shard.rank}.npy", key)
+
+
+def _lm_metrics(recipe, ctx, spill, shard, options, baseline: bool, desc: str) -> dict:
+    out = lm_pass(
+        ctx.model, ctx.token_ids, ctx.windows, spill, baseline=baseline, device=ctx.device,
+        shard=shard, chunk=recipe.metrics.chunk, desc=desc, progress=options.progress,
+    )
+    if recipe.metrics.perplexity is None:
+        out["perplexity"] = out["perplexity_tokens"] = None
+    if not recipe.metrics.kl:
+        out.pop("kl_mean", None)
+        out.pop("kl_p99", None)
+    if not recipe.metrics.top1:
+        out.pop("top1_agreement", None)
+    return out
+
+
+def _sentences(recipe, ctx) -> list[str]:
+    if "sentences" not in ctx.state:
+        from qeval.data import load_text
+
+        emb = recipe.embeddings
+        lines = [ln.strip() for ln in load_text(emb.sentences).splitlines() if ln.strip()]
+        ctx.state["sentences"] = lines[: emb.max_sentences]
+    return ctx.state["sentences"]
+
+
+def _embedding_metrics(recipe, ctx, baseline: bool) -> dict:
+    from .embeddings import cosine_to_baseline, embed
+
+    emb = recipe.embeddings
+    vectors = embed(ctx.model, ctx.tokenizer, _sentences(recipe, ctx), emb.max_length, emb.batch_size, ctx.device)
+    out = {}
+    if baseline:
+        ctx.state["baseline_embeddings"] = vectors
+    else:
+        out.update(cosine_to_baseline(ctx.state["baseline_embeddings"], vectors))
+    if emb.similarity:
+        from qeval.data import similarity_benchmark
+
+        from .embeddings import similarity_spearman
+
+        if "similarity" not in ctx.state:
+            ctx.state["similarity"] = similarity_benchmark(emb.similarity, max_pairs=emb.similarity_pairs)
+        out["similarity_spearman"] = similarity_spearman(
+            ctx.model, ctx.tokenizer, ctx.state["similarity"], emb.max_length, emb.batch_size, ctx.device
+        )
+    return out
+
+
+def measure(recipe, ctx, spill, shard, options, baseline: bool, base_metrics: dict | None, desc: str,
+            timings: dict | None = None) -> dict:
+    """All the recipe's metrics for the model as it is now; seconds per part go into ``timings``."""
+    timings = {} if timings is None else timings
+    metrics = dict(EMPTY_METRICS)
+    if ctx.windows:
+        t = time.perf_counter()
+        metrics.update(_lm_metrics(recipe, ctx, spill, shard, options, baseline, desc))
+        timings["text_s"] = time.perf_counter() - t
+    if recipe.tasks and shard.rank == 0:  # lm-eval runs in one process
+        from .tasks import evaluate_tasks, with_baseline
+
+        t = time.perf_counter()
+        tasks = evaluate_tasks(ctx.model, ctx.tokenizer, recipe.tasks, recipe.seed)
+        metrics["tasks"] = tasks if baseline else with_baseline(tasks, (base_metrics or {}).get("tasks") or {})
+        timings["tasks_s"] = time.perf_counter() - t
+    if recipe.embeddings is not None:
+        t = time.perf_counter()
+        metrics.update(_embedding_metrics(recipe, ctx, baseline))
+        timings["embeddings_s"] = time.perf_counter() - t
+    return metrics
+
+
+def _reference_plan(model):
+    from qeval.policy import load_policy, plan
+
+    return plan(model, load_policy({"name": "baseline"}))
+
+
+def evaluate_baseline(recipe, ctx, spill, shard, options) -> dict:
+    ref = _reference_plan(ctx.model)
+    t0 = time.perf_counter()
+    parts: dict = {}
+    metrics = measure(recipe, ctx, spill, shard, options, True, None, "baseline", parts)
+    return {
+        "metrics": metrics,
+        "weight_bytes": ref.bytes_before,
+        "weight_bytes_measured": measured_weight_bytes(ctx.model, ref),
+        "timings": {"eval_s": time.perf_counter() - t0, **parts},
+    }
+
+
+def ensure_baseline_state(recipe, ctx, spill, shard, options) -> None:
+    """On resume: rebuild what policies compare against (spill, embeddings) if it is gone."""
+    if ctx.windows and (recipe.metrics.kl or recipe.metrics.top1) and not spill.complete():
+        lm_pass(ctx.model, ctx.token_ids, ctx.windows, spill, baseline=True, device=ctx.device, shard=shard,
+                chunk=recipe.metrics.chunk, desc="baseline (for KL)", progress=options.progress)
+    if recipe.embeddings is not None and "baseline_embeddings" not in ctx.state:
+        from .embeddings import embed
+
+        emb = recipe.embeddings
+        ctx.state["baseline_embeddings"] = embed(
+            ctx.model, ctx.tokenizer, _sentences(recipe, ctx), emb.max_length, emb.batch_size, ctx.device
+        )
+
+
+def _recommendation(recipe, model, policy) -> tuple[dict | None, str | None]:
+    try:
+        from qeval.recommend import recommend
+    except ImportError:
+        return None, "qeval.recommend is not available"
+    hw = recipe.hardware
+    try:
+        kwargs = {"context": hw.context, "batch": hw.batch}
+        if hw.gpu:
+            kwargs["gpu"] = hw.gpu
+        return recommend(model.config, policy, **kwargs), None
+    except Exception as err:  # noqa: BLE001 - a recommendation must never lose a measured policy
+        return None, f"recommendation failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+
+
+def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, options) -> dict:
+    """Quantize with one policy, measure against the baseline, restore the original modules."""
+    from qeval.policy import load_policy, plan
+    from qeval.quantize import quantized
+
+    policy = load_policy(source)
+    p = plan(ctx.model, policy)
+    t0 = time.perf_counter()
+    with quantized(ctx.model, policy, mode=recipe.mode, calibration=ctx.calibration, progress=False) as qplan:
+        quantize_s = time.perf_counter() - t0
+        p = qplan if qplan is not None and hasattr(qplan, "bytes_after") else p
+        t1 = time.perf_counter()
+        measured = measured_weight_bytes(ctx.model, p)
+        measure_bytes_s = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        parts: dict = {}
+        metrics = measure(recipe, ctx, spill, shard, options, False, baseline_entry.get("metrics"), name, parts)
+        eval_s = time.perf_counter() - t1
+    rec, note = _recommendation(recipe, ctx.model, policy)
+    entry = {
+        "policy": policy.model_dump(mode="json"),
+        "mode": recipe.mode,
+        "plan_summary": p.summary(),
+        "metrics": metrics,
+        "weight_bytes": p.bytes_after,
+        "weight_bytes_measured": measured,
+        "savings_vs_bf16": 1.0 - p.bytes_after / p.bytes_before if p.bytes_before else 0.0,
+        "timings": {"quantize_s": quantize_s, "eval_s": eval_s, **parts, "measure_bytes_s": measure_bytes_s},
+        "recommendation": rec,
+    }
+    if note:
+        entry["recommendation_note"] = note
+    return entry

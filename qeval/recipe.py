@@ -1,0 +1,290 @@
+"""The recipe file: one model, its evaluation data, the policies to compare, the
+metrics and their sizes, lm-eval tasks, a gate, a hardware target and a seed.
+
+Validated with pydantic (unknown keys are errors, with a did-you-mean hint).
+Every problem is reported as one line that names the file and the field::
+
+    recipes/x.yaml: field 'metrics.perplexity.windw': unknown field (did you mean 'window'?)
+
+See ``recipes/quickstart.yaml`` for a commented example of every section.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from qeval.data.text import TextSpec
+from qeval.models import ModelSpec
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message is one line naming the file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextSource(TextSpec):
+    """Text for perplexity/KL: a ``qeval.data`` text spec (``source: gensim-wiki``,
+    ``gensim-lee``, or ``file`` with ``path``) and how many tokens of it to use."""
+
+    max_tokens: int = Field(4096, gt=1)
+
+    def text_spec(self) -> TextSpec:
+        return TextSpec.model_validate(self.model_dump(include=set(TextSpec.model_fields)))
+
+
+class Calibration(TextSpec):
+    """Calibration batches for static activation scales (use another source than the eval text)."""
+
+    n_batches: int = Field(4, ge=1)
+    seq_len: int = Field(512, ge=2)
+
+    def text_spec(self) -> TextSpec:
+        return TextSpec.model_validate(self.model_dump(include=set(TextSpec.model_fields)))
+
+
+class PerplexityConfig(_Strict):
+    window: int = Field(1024, ge=2)
+    stride: int | None = Field(None, ge=1)  # default: window (no overlap)
+
+    @model_validator(mode="after")
+    def _stride(self):
+        if self.stride is not None and self.stride > self.window:
+            raise ValueError(f"stride ({self.stride}) must not exceed window ({self.window})")
+        return self
+
+
+class Metrics(_Strict):
+    perplexity: PerplexityConfig | None = Field(default_factory=PerplexityConfig)
+    kl: bool = True  # KL(base || quant) mean and p99 over the same positions
+    top1: bool = True
+    chunk: int = Field(256, ge=1)  # positions per step of log-softmax / KL (scratch memory)
+
+
+class TaskSpec(_Strict):
+    name: str
+    limit: int | None = Field(None, ge=1)  # examples per task (None: all)
+    batch_size: int = Field(8, ge=1)
+
+
+class EmbeddingConfig(_Strict):
+    """Encoders: cosine of sentence embeddings to the baseline's, and a similarity benchmark."""
+
+    sentences: str | dict[str, Any] = "gensim-lee"  # text spec whose non-empty lines are embedded
+    max_sentences: int = Field(256, ge=2)
+    max_length: int = Field(128, ge=4)
+    batch_size: int = Field(32, ge=1)
+    similarity: str | None = "lee"  # ``qeval.data.similarity_benchmark`` name; None to skip
+    similarity_pairs: int | None = Field(None, ge=2)  # first N rated pairs (None: all)
+
+
+class Hardware(_Strict):
+    """Deployment target for ``qeval.recommend``."""
+
+    context: int = Field(4096, ge=1)
+    batch: int = Field(1, ge=1)
+    gpu: str | None = None
+
+
+class Recipe(_Strict):
+    name: str | None = None  # default: the file's stem
+    description: str | None = None
+    seed: int = 0
+    model: ModelSpec
+    eval_data: TextSource | None = None  # causal LMs: text for perplexity, KL, top-1
+    calibration: Calibration | None = None
+    policies: list[str | dict[str, Any]] = Field(min_length=1)
+    mode: Literal["emulate", "native"] = "emulate"
+    metrics: Metrics = Field(default_factory=Metrics)
+    tasks: list[TaskSpec] = Field(default_factory=list)
+    embeddings: EmbeddingConfig | None = None
+    gate: str | dict[str, Any] | None = None  # inline thresholds, or a configs/gates name / path
+    hardware: Hardware = Field(default_factory=Hardware)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        import re
+
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", v):
+            raise ValueError("use letters, digits and . _ + - (it names the results folder)")
+        return v
+
+    @model_validator(mode="after")
+    def _data_for_metrics(self):
+        if self.model.kind != "encoder" and self.eval_data is None and self.embeddings is None and not self.tasks:
+            raise ValueError("give 'eval_data' (text for perplexity/KL), 'tasks' or 'embeddings': nothing to measure")
+        return self
+
+    # -- derived
+    def policy_names(self) -> list[str]:
+        return [p if isinstance(p, str) else str(p.get("name")) for p in self.policies]
+
+
+# ---------------------------------------------------------------------------
+# Loading and error messages
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at ``loc`` (for did-you-mean hints)."""
+    cls: Any = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        cls = _first_model(ann)
+        if cls is None:
+            return None
+    return cls
+
+
+def _first_model(ann) -> type[BaseModel] | None:
+    import typing
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in typing.get_args(ann):
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    errors = err.errors()
+    # a misspelt key shows up as "unknown" plus "missing": the unknown one carries the hint
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+    # union types report one error per branch; the first non-union one is the useful one
+    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "dict", "int"))))
+    where = _loc(loc) or "(top level)"
+    kind = e["type"]
+    if kind == "extra_forbidden":
+        owner = _model_at(loc)
+        hint = ""
+        if owner is not None:
+            close = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields), n=1)
+            valid = ", ".join(owner.model_fields)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (valid fields: {valid})"
+        return f"{path}: field {where!r}: unknown field{hint}"
+    if kind == "missing":
+        return f"{path}: field {where!r}: required field is missing"
+    msg = e["msg"].removeprefix("Value error, ")
+    value = e.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, (dict, list)) and kind != "value_error" else ""
+    return f"{path}: field {where!r}: {msg}{shown}"
+
+
+def load_recipe(path: str | Path) -> tuple[Recipe, str]:
+    """Read and validate a recipe; return ``(recipe, sha256 of the file)``.
+
+    Checks beyond the schema: every policy name resolves (``configs/policies``),
+    inline policies validate, and the gate validates.
+
+    Raises:
+        RecipeError: one line naming the file and field.
+    """
+    path = Path(path)
+    try:
+        raw_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file does not exist") from None
+    except OSError as err:
+        raise RecipeError(f"{path}: cannot read recipe ({err.strerror or err})") from None
+    try:
+        data = yaml.safe_load(raw_bytes.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: recipe is not UTF-8 text") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"{path}: not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping (got {type(data).__name__})")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(_format_error(path, err)) from None
+    if recipe.name is None:
+        recipe.name = path.stem
+    _check_policies(path, recipe)
+    _check_gate(path, recipe)
+    _check_local_text(path, recipe)
+    return recipe, hashlib.sha256(raw_bytes).hexdigest()
+
+
+def _check_policies(path: Path, recipe: Recipe) -> None:
+    from qeval.policy import load_policy
+
+    seen: set[str] = set()
+    for i, entry in enumerate(recipe.policies):
+        if isinstance(entry, dict) and "name" not in entry:
+            raise RecipeError(f"{path}: field 'policies[{i}]': an inline policy needs a 'name'")
+        name = recipe.policy_names()[i]
+        if name == "baseline":
+            raise RecipeError(f"{path}: field 'policies[{i}]': 'baseline' is reserved for the unquantized model")
+        if name in seen:
+            raise RecipeError(f"{path}: field 'policies[{i}]': policy {name!r} is listed twice")
+        seen.add(name)
+        try:
+            load_policy(entry)
+        except Exception as err:  # noqa: BLE001 - policy errors are one-line ValueErrors; keep the message
+            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise RecipeError(f"{path}: field 'policies[{i}]' ({name}): {msg}") from None
+
+
+def _check_gate(path: Path, recipe: Recipe) -> None:
+    if recipe.gate is None:
+        return
+    from qeval.gate import GateError, parse_gate, resolve_gate
+
+    try:
+        if isinstance(recipe.gate, dict):
+            parse_gate(recipe.gate, where=f"{path}: gate")
+        else:
+            resolve_gate(recipe.gate)
+    except GateError as err:
+        msg = str(err)
+        raise RecipeError(msg if msg.startswith(str(path)) else f"{path}: field 'gate': {msg}") from None
+
+
+def _check_local_text(path: Path, recipe: Recipe) -> None:
+    """Local text files: present, non-empty, UTF-8; relative paths are taken from the recipe's folder."""
+    from qeval.data import DataError
+    from qeval.data.text import read_utf8
+
+    for field, spec in (("eval_data", recipe.eval_data), ("calibration", recipe.calibration)):
+        if spec is None or spec.source != "file":
+            continue
+        file = Path(spec.path).expanduser()
+        if not file.is_absolute() and not file.exists() and (path.parent / file).exists():
+            file = path.parent / file
+            spec.path = str(file)
+        try:
+            read_utf8(file)
+        except DataError as err:
+            raise RecipeError(f"{path}: field '{field}.path': {err}") from None
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    return recipe.model_dump(mode="json")

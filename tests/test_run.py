@@ -1,0 +1,284 @@
+"""``qeval run`` end to end on a tiny random Llama saved to disk, with a tokenizer built offline."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from qeval.cli import main as cli_main
+from qeval.run import RunOptions, run_recipe
+
+WORDS = (
+    "the a quantized model keeps most of its quality when scales are chosen well but four bit weights "
+    "lose more than eight bit ones and activations matter too so we measure perplexity divergence and "
+    "agreement on text that the model has never seen before today river mountain city north south"
+).split()
+
+
+def _text(seed: int, n_words: int) -> str:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n_words // 12):
+        lines.append(" ".join(rng.choice(WORDS) for _ in range(12)) + " .")
+    return "\n".join(lines) + "\n"
+
+
+def build_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """A Llama with a word-level tokenizer, saved as safetensors + tokenizer files (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>", "<pad>", "."] + sorted(set(WORDS)))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", pad_token="<pad>")
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=False, eos_token_id=1, pad_token_id=2, bos_token_id=1,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # sharper next-token distributions than the default init
+        model.lm_head.weight.mul_(30)
+    model.save_pretrained(folder, safe_serialization=True)
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qeval-run")
+    build_tiny_model(root / "model")
+    (root / "eval.txt").write_text(_text(1, 700), encoding="utf-8")
+    (root / "calib.txt").write_text(_text(2, 700), encoding="utf-8")
+    return root
+
+
+def recipe_dict(root: Path, **over) -> dict:
+    data = {
+        "name": "tiny",
+        "seed": 0,
+        "model": {"id": str(root / "model"), "dtype": "float32", "device": "cpu"},
+        "eval_data": {"source": "file", "path": str(root / "eval.txt"), "max_tokens": 300},
+        "calibration": {"source": "file", "path": str(root / "calib.txt"), "n_batches": 2, "seq_len": 32},
+        "policies": ["fp8-dynamic", "nvfp4"],
+        "metrics": {"perplexity": {"window": 64, "stride": 48}, "chunk": 16},
+        "gate": {"max_kl_mean": 0.5, "min_top1_agreement": 0.5},
+    }
+    data.update(over)
+    return data
+
+
+def write_recipe(root: Path, name: str = "tiny.yaml", **over) -> Path:
+    path = root / name
+    path.write_text(yaml.safe_dump(recipe_dict(root, **over)), encoding="utf-8")
+    return path
+
+
+def _opts(tmp_path, **kw) -> RunOptions:
+    return RunOptions(results_dir=tmp_path / "results", progress=False, print_table=False, **kw)
+
+
+def numbers(results: dict) -> dict:
+    """Every measured number of a results.json (timings excluded)."""
+    out = {"baseline": results["baseline"]["metrics"]}
+    for p in results["policies"]:
+        out[p["name"]] = {"metrics": p["metrics"], "bytes": (p["weight_bytes"], p["weight_bytes_measured"])}
+    return out
+
+
+@pytest.fixture(scope="module")
+def first_run(workspace, tmp_path_factory):
+    """One uninterrupted run of the default recipe (shared by several tests)."""
+    out = tmp_path_factory.mktemp("first")
+    return run_recipe(write_recipe(workspace), _opts(out, run_id="r1")), out
+
+
+def test_run_writes_results_with_the_documented_shape(first_run):
+    path, out = first_run
+    res = json.loads(path.read_text())
+    assert path == out / "results" / "tiny" / "r1" / "results.json"
+    assert res["schema_version"] == 1 and res["run_id"] == "r1" and res["recipe"]["name"] == "tiny"
+    assert res["environment"]["seed"] == 0 and res["environment"]["device"] == "cpu"
+    assert res["environment"]["model_devices"] == ["cpu"] and res["environment"]["world_size"] == 1
+    base = res["baseline"]["metrics"]
+    assert base["perplexity_tokens"] == 299 and math.isfinite(base["perplexity"]) and base["kl_mean"] is None
+    by = {p["name"]: p for p in res["policies"]}
+    assert list(by) == ["fp8-dynamic", "nvfp4"]
+    for p in by.values():
+        m = p["metrics"]
+        assert m["tokens"] == 299 and 0 <= m["top1_agreement"] <= 1 and m["kl_p99"] >= m["kl_mean"] * 0.5
+        assert 0 < p["weight_bytes"] < res["baseline"]["weight_bytes"]
+        assert p["savings_vs_bf16"] == pytest.approx(1 - p["weight_bytes"] / p["plan_summary"]["bytes_before"])
+        assert p["weight_bytes_measured"] > 0 and set(p["timings"]) >= {"quantize_s", "eval_s"}
+        assert p["gate"]["checks"] and isinstance(p["gate"]["passed"], bool)
+        assert p["mode"] == "emulate"
+    # 4-bit weights and activations lose more than FP8
+    assert by["nvfp4"]["metrics"]["kl_mean"] > by["fp8-dynamic"]["metrics"]["kl_mean"] > 0
+    assert by["nvfp4"]["weight_bytes"] < by["fp8-dynamic"]["weight_bytes"]
+    assert not (path.parent / "spill").exists()  # baseline log-probs removed at the end
+
+
+def test_same_seed_same_numbers(workspace, tmp_path, first_run):
+    a = json.loads(first_run[0].read_text())
+    b = json.loads(run_recipe(write_recipe(workspace), _opts(tmp_path, run_id="b")).read_text())
+    assert numbers(a) == numbers(b)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_reuses_finished_policies(workspace, tmp_path, monkeypatch, first_run):
+    import qeval.evaluate.passes as passes
+
+    recipe = write_recipe(workspace)  # the recipe of first_run: fp8-dynamic, nvfp4
+    evaluated = []
+    real = passes.evaluate_policy
+
+    def spy(recipe_, ctx, name, *a, **k):
+        evaluated.append(name)
+        if name == "nvfp4" and kill["on"]:
+            raise Killed("simulated kill in the middle of nvfp4")
+        return real(recipe_, ctx, name, *a, **k)
+
+    kill = {"on": True}
+    monkeypatch.setattr(passes, "evaluate_policy", spy)
+    with pytest.raises(Killed):
+        run_recipe(recipe, _opts(tmp_path, run_id="k"))
+    run_dir = tmp_path / "results" / "tiny" / "k"
+    assert sorted(p.name for p in (run_dir / "policies").glob("*.json")) == ["baseline.json", "fp8-dynamic.json"]
+    assert not (run_dir / "results.json").exists()
+    first = (run_dir / "policies" / "fp8-dynamic.json").read_bytes()
+
+    kill["on"] = False
+    evaluated.clear()
+    resumed = json.loads(run_recipe(recipe, _opts(tmp_path, resume=True)).read_text())  # latest run
+    assert evaluated == ["nvfp4"]  # fp8-dynamic and the baseline were reused
+    assert (run_dir / "policies" / "fp8-dynamic.json").read_bytes() == first
+    whole = json.loads(first_run[0].read_text())
+    assert numbers(resumed) == numbers(whole)  # the spill was rebuilt and gives the same KL
+
+
+def test_resume_refuses_a_changed_recipe(workspace, tmp_path, capsys):
+    recipe = write_recipe(workspace, "changing.yaml", policies=["bf16"])
+    run_recipe(recipe, _opts(tmp_path, run_id="c", limit_tokens=32))
+    write_recipe(workspace, "changing.yaml", policies=["bf16"], seed=5)
+    rc = cli_main(["run", str(recipe), "--resume", "--run-id", "c", "--limit-tokens", "32",
+                   "--results-dir", str(tmp_path / "results"), "--no-progress"])
+    assert rc == 2
+    assert "changed since that run" in capsys.readouterr().err
+
+
+def test_policies_subset_and_limit_tokens(workspace, tmp_path):
+    recipe = write_recipe(workspace)
+    res = json.loads(run_recipe(recipe, _opts(tmp_path, policies=["nvfp4"], limit_tokens=100)).read_text())
+    assert [p["name"] for p in res["policies"]] == ["nvfp4"]
+    assert res["baseline"]["metrics"]["perplexity_tokens"] == 99
+    assert res["recipe"]["config"]["overrides"] == {"limit_tokens": 100}
+
+
+def test_tasks_are_run_and_recovery_computed(workspace, tmp_path, monkeypatch):
+    """The lm-eval glue: baseline and policy accuracies, recovery = quant / base x 100.
+
+    lm-eval itself is replaced by a stand-in scored by the model (top-1 on fixed
+    prompts), so a changed model changes the accuracy."""
+    import qeval.tasks
+
+    def fake_run_lm_eval(model, tokenizer, tasks, limit=None, batch_size=8, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(3, model.config.vocab_size, (limit, 9), generator=g)
+        with torch.no_grad():
+            pred = model(input_ids=ids[:, :8]).logits[:, -1].argmax(-1)
+            ref_pred = ids[:, 8]  # random answers: accuracy is the share the model "guesses"
+        acc = float((pred % 4 == ref_pred % 4).float().mean())
+        return {t: {"acc": acc, "stderr": 0.05, "acc_norm": None, "n": limit} for t in tasks}
+
+    monkeypatch.setattr(qeval.tasks, "run_lm_eval", fake_run_lm_eval)
+    recipe = write_recipe(workspace, "tasks.yaml", tasks=[{"name": "word_analogy", "limit": 64}],
+                          policies=["nvfp4"], eval_data=None, metrics={"perplexity": None})
+    res = json.loads(run_recipe(recipe, _opts(tmp_path)).read_text())
+    assert res["policies"][0]["metrics"]["kl_mean"] is None  # no eval text: tasks only
+    base = res["baseline"]["metrics"]["tasks"]["word_analogy"]
+    for p in res["policies"]:
+        t = p["metrics"]["tasks"]["word_analogy"]
+        assert t["baseline_acc"] == base["acc"] and t["n"] == 64
+        assert t["recovery"] == pytest.approx(t["acc"] / base["acc"] * 100)
+
+
+def _cli(*args) -> int:
+    return cli_main(["run", *map(str, args), "--no-progress"])
+
+
+def test_bad_input_exits_2_and_writes_nothing(workspace, tmp_path, capsys):
+    out = tmp_path / "results"
+    bad_field = write_recipe(workspace, "bad1.yaml", policies=["nvfp4"], metrics={"perplexty": {}})
+    no_model = write_recipe(workspace, "bad2.yaml", model={"id": str(workspace / "nope")})
+    pickles = tmp_path / "pickled"
+    pickles.mkdir()
+    (pickles / "config.json").write_text("{}")
+    (pickles / "pytorch_model.bin").write_bytes(b"not really")
+    pickled = write_recipe(workspace, "bad3.yaml", model={"id": str(pickles)})
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    empty_text = write_recipe(workspace, "bad4.yaml", eval_data={"source": "file", "path": str(empty)})
+    cases = [
+        (bad_field, "field 'metrics.perplexty': unknown field (did you mean 'perplexity'?)"),
+        (no_model, "model path does not exist"),
+        (pickled, "pickle"),
+        (empty_text, "field 'eval_data.path': text file is empty"),
+    ]
+    for recipe, expect in cases:
+        assert _cli(recipe, "--results-dir", out) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expect in err[0], err
+    # a results directory that is not writable (a file where a folder must go)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert _cli(write_recipe(workspace), "--results-dir", blocker / "sub") == 2
+    assert "not writable" in capsys.readouterr().err
+    assert _cli(write_recipe(workspace), "--results-dir", out, "--policies", "mxfp4") == 2
+    assert "not in the recipe" in capsys.readouterr().err
+    assert not out.exists() or not any(out.rglob("*.json"))  # nothing half-written
+
+
+def test_a_failing_first_evaluation_leaves_no_run_directory(workspace, tmp_path, monkeypatch):
+    import qeval.evaluate.passes as passes
+
+    def boom(*a, **k):
+        raise Killed("baseline failed")
+
+    monkeypatch.setattr(passes, "evaluate_baseline", boom)
+    with pytest.raises(Killed):
+        run_recipe(write_recipe(workspace), _opts(tmp_path, run_id="gone"))
+    assert not (tmp_path / "results" / "tiny" / "gone").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_numbers_of_one(workspace, tmp_path):
+    """torchrun with 2 CPU processes (gloo): windows split, sums gathered exactly."""
+    recipe = write_recipe(workspace, "dist.yaml", policies=["nvfp4"])
+    one = json.loads(run_recipe(recipe, _opts(tmp_path, run_id="one")).read_text())
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+           "-m", "qeval", "run", str(recipe), "--run-id", "two", "--results-dir", str(tmp_path / "results"), "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "results" / "tiny" / "two" / "results.json").read_text())
+    assert two["environment"]["world_size"] == 2
+    assert numbers(two) == numbers(one)
