@@ -57,9 +57,10 @@ def quantize_model(
             fp8_e5m2 or nvfp4 activations, or a kv_cache format).
         progress: show a progress bar (default: when attached to a terminal).
         offload_original: move the original BF16 modules to the CPU until
-            :func:`dequantize_model` (default: yes in native mode, no in emulate
-            mode, where the originals stay registered under their own names).
-            Emulate + offload holds only the fake-quantized copy on the device.
+            :func:`dequantize_model` (default: yes in native mode and for a
+            model on a GPU, so that emulation holds only the fake-quantized
+            copy in GPU memory; no for a CPU model, where the originals stay
+            registered under their own names).
 
     Raises:
         ValueError: bad mode, a model already quantized, native mode not
@@ -115,7 +116,9 @@ def quantize_model(
         attn = _attention_modules(model, plan)
         undo += kvmod.attach(attn)
         _calibrate(model, [r for r, _ in replaced], attn, calibration, progress)
-        offload = (mode == "native") if offload_original is None else offload_original
+        offload = offload_original
+        if offload is None:  # GPU memory is the scarce one: don't hold weights twice there
+            offload = mode == "native" or any(p.is_cuda for p in model.parameters())
         for new, own in replaced:
             new.finalize(mode, offload=offload and own)
     except BaseException:

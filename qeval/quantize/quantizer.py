@@ -1,51 +1,28 @@
 """The one place a quantized module turns a tensor into its emulated value.
 
-Every quantized module calls :func:`fake_quant` / :func:`quantize` here, so a
-faster path has a single place to plug in: CUDA tensors go through
-``qeval.kernels`` (Triton, bit-identical to ``qeval.formats``) when it covers
-the format, everything else through the plain-torch reference in
-``qeval.formats``. Set ``QEVAL_NO_KERNELS=1`` to force the reference.
+Every quantized module calls :func:`fake_quant` / :func:`quantize` here.
+``Format.quantize`` / ``Format.fake_quant`` already route CUDA tensors to the
+fused kernels of ``qeval.kernels`` (bit-identical to the plain-torch
+reference; ``QEVAL_NO_KERNELS=1`` forces the reference), so this module only
+fixes the policy for tensors inside a forward: NaN/Inf propagate instead of
+raising, which also avoids a host sync per call.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
 from qeval.formats import Format, QTensor, get_format
 
-_USE_KERNELS = os.environ.get("QEVAL_NO_KERNELS", "") in ("", "0")
-
-
-def _kernels():
-    if not _USE_KERNELS:
-        return None
-    try:
-        from qeval import kernels
-    except ImportError:
-        return None
-    return kernels if kernels.available() else None
-
 
 def fake_quant(fmt: Format | str, x: torch.Tensor, amax: torch.Tensor | None = None, role: str = "activation") -> torch.Tensor:
-    """``fmt.fake_quant(x)`` in x's dtype; NaN/Inf propagate (no host sync in a forward)."""
-    fmt = get_format(fmt)
-    if x.is_cuda and (k := _kernels()) is not None:
-        y = k.fake_quant(fmt, x, amax=amax, role=role)
-        if y is not None:
-            return y
-    return fmt.fake_quant(x, amax=amax, role=role, nonfinite="propagate")
+    """``fmt.fake_quant(x)`` in x's dtype; NaN/Inf propagate."""
+    return get_format(fmt).fake_quant(x, amax=amax, role=role, nonfinite="propagate")
 
 
 def quantize(fmt: Format | str, x: torch.Tensor, amax: torch.Tensor | None = None, role: str = "activation") -> QTensor:
-    """Real packed storage of ``x`` (``fmt.quantize``), kernel path on CUDA when available."""
-    fmt = get_format(fmt)
-    if x.is_cuda and (k := _kernels()) is not None:
-        q = k.quantize(fmt, x, amax=amax, role=role)
-        if q is not None:
-            return q
-    return fmt.quantize(x, amax=amax, role=role, nonfinite="propagate")
+    """Real packed storage of ``x`` (``fmt.quantize``); NaN/Inf propagate."""
+    return get_format(fmt).quantize(x, amax=amax, role=role, nonfinite="propagate")
 
 
 def amax(x: torch.Tensor) -> torch.Tensor:
