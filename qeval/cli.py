@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+
+# Import-time noise from third-party libraries that transformers pulls in
+# (torchao's optional CUDA extensions, torch's pytree deprecation notes):
+# nothing a qeval user can act on.
+_QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
 
 # subcommand -> module; order is the order shown in --help
 COMMANDS = {
@@ -64,6 +70,8 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:

@@ -95,6 +95,9 @@ def pareto_plot(results: dict, path: str | os.PathLike) -> Path:
             ax.annotate("baseline", (bx, base_y), textcoords="offset points", xytext=(5, -12), fontsize=8)
         if not points and bx is None:
             ax.text(0.5, 0.5, "no policy has both weight bytes and a quality metric", ha="center", va="center", transform=ax.transAxes)
+        lo, hi = ax.get_xlim()  # round ticks in the displayed unit, not in bytes
+        ax.set_xticks(matplotlib.ticker.MaxNLocator(8).tick_values(lo / scale, hi / scale) * scale)
+        ax.set_xlim(lo, hi)
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / scale:g}"))
         ax.set_xlabel(f"weight size, {unit} (analytic, incl. scales)")
         ax.set_ylabel(label)

@@ -152,6 +152,8 @@ def render(result: dict, console=None, show_all: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from qeval.console import print_wide
+
     con = console or Console()
     r = result
     mtp = f" ({_params(r['params_main'])} + {_params(r['params_mtp'])} MTP)" if r["params_mtp"] else ""
@@ -212,7 +214,7 @@ def render(result: dict, console=None, show_all: bool = False) -> None:
             usd_m,
             style=style,
         )
-    con.print(table)
+    print_wide(table, con)
     legend = "fits: yes = with headroom, tight = under the headroom margin, n/a = a layout servers refuse"
     if hidden:
         legend += f"; {hidden} MIG slice options that do not fit are hidden (--all shows them)"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from qeval.console import print_wide
 from qeval.results import atomic_write_bytes, run_label
 
 # ---------------------------------------------------------------------------
@@ -225,25 +226,6 @@ def print_table(results: dict, console=None, metrics: list[str] | None = None) -
     columns = select_columns([results], metrics)
     headers, rows = table_rows([results], columns, label_runs=False)
     print_wide(rich_table(headers, rows, title=f"qeval: {run_label(results)}"), console)
-
-
-def print_wide(table, console=None) -> None:
-    """Print a table at its natural width: never squeeze cells into ellipses.
-
-    A narrow terminal soft-wraps the long lines instead, which keeps every number
-    readable; pipes and CI logs get the full lines.
-    """
-    from rich.console import Console
-    from rich.measure import Measurement
-
-    console = console or Console()
-    needed = Measurement.get(console, console.options.update_width(10_000), table).maximum
-    width = console.width
-    console.width = max(width, needed)
-    try:
-        console.print(table)
-    finally:
-        console.width = width
 
 
 # ---------------------------------------------------------------------------

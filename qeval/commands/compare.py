@@ -41,7 +41,7 @@ def run(args) -> int:
     if args.markdown:
         print(markdown_table(headers, rows))
     else:
-        from qeval.report import print_wide
+        from qeval.console import print_wide
 
         print_wide(rich_table(headers, rows, title="qeval compare"))
     return 0

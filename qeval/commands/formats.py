@@ -17,8 +17,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from rich.console import Console
     from rich.table import Table
+
+    from qeval.console import print_wide
 
     from qeval.formats import FORMATS
 
@@ -42,5 +43,5 @@ def run(args) -> int:
         table.add_column(col, justify="right" if col in ("block", "bits/elem", "bytes") else "left")
     for r in rows:
         table.add_row(r["format"], str(r["block"] or "-"), f"{r['bits_per_element']:.4f}", f"{r['bytes']:,}", r["description"])
-    Console().print(table)
+    print_wide(table)
     return 0

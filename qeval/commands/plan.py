@@ -66,6 +66,7 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from qeval.console import print_wide
     from qeval.policy import load_policy, plan
 
     try:
@@ -98,8 +99,8 @@ def run(args) -> int:
             "(tied)" if e.tied_to and not e.params else f"{e.params:,}",
             f"{e.bytes_before / 2**20:,.2f}", f"{e.bytes_after / 2**20:,.2f}",
         )
-    console = Console(width=max(Console().width, 150))  # a readable table in pipes too
-    console.print(table)
+    console = Console()
+    print_wide(table, console)
     s = result.summary()
     console.print(f"weights: {s['weights']}")
     console.print(f"activations: {s['activations']}")
