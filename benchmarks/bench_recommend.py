@@ -59,12 +59,12 @@ def main() -> int:
         cold, cached = [], []
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory() as d:
-                env["QEVAL_CACHE_DIR"] = d
+                env["QEVAL_CACHE"] = d
                 cold.append(_wall(cmd, env))
                 cached.append(_wall(cmd, env))
         print(_line(f"qeval recommend {name} (cold)", cold))
         print(_line(f"qeval recommend {name} (cached skeleton)", cached))
-    os.environ["QEVAL_CACHE_DIR"] = "off"
+    os.environ["QEVAL_LAYOUT_CACHE"] = "off"
     from qeval.recommend import recommend
 
     recommend("gpt2", args.policy)  # pay the imports once

@@ -35,7 +35,9 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-GATES_DIR = Path(__file__).resolve().parent.parent / "configs" / "gates"
+from qeval.paths import CONFIGS
+
+GATES_DIR = CONFIGS / "gates"
 
 
 class GateError(ValueError):

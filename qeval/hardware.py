@@ -18,7 +18,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from qeval.paths import CONFIGS
+
+CONFIG_DIR = CONFIGS
 GPUS_FILE = CONFIG_DIR / "gpus.yaml"
 MEMORY_FILE = CONFIG_DIR / "memory.yaml"
 MIB = 1024**2

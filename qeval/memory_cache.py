@@ -4,10 +4,10 @@ Building a model on the meta device takes ~0.2 s, but importing transformers'
 modeling stack takes seconds. After the first build of a config file, its
 module tree (class names, parameter and buffer shapes, tied weights, the few
 attributes the planner reads) and the config numbers the memory model needs
-are written as JSON to ``$QEVAL_CACHE_DIR`` (default ``~/.cache/qeval/layouts``).
+are written as JSON to ``<qeval cache>/layouts`` (``qeval.paths.cache_root``).
 A later call rebuilds an equivalent skeleton on the meta device from it; the
 key covers the config file's bytes and the transformers, torch and qeval
-versions, so any change rebuilds. Set ``QEVAL_CACHE_DIR=off`` to disable.
+versions, so any change rebuilds. Set ``QEVAL_LAYOUT_CACHE=off`` to disable.
 tests/test_memory.py checks that ``plan()`` of a skeleton equals ``plan()`` of
 the real model, entry by entry.
 """
@@ -54,10 +54,11 @@ class ConfigSnapshot(SimpleNamespace):
 
 
 def cache_dir() -> Path | None:
-    env = os.environ.get("QEVAL_CACHE_DIR")
-    if env and env.lower() in ("off", "0", "none", "false"):
+    if os.environ.get("QEVAL_LAYOUT_CACHE", "").lower() in ("off", "0", "none", "false"):
         return None
-    return Path(env) if env else Path.home() / ".cache" / "qeval" / "layouts"
+    from qeval.paths import cache_root
+
+    return cache_root() / "layouts"
 
 
 def _version(pkg: str) -> str:

@@ -26,7 +26,7 @@ _CACHE: dict = {}
 def _private_skeleton_cache(tmp_path_factory):
     """Keep the skeleton cache (qeval.memory_cache) of these tests out of the home directory."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("QEVAL_CACHE_DIR", str(tmp_path_factory.mktemp("layouts")))
+    mp.setenv("QEVAL_CACHE", str(tmp_path_factory.mktemp("cache")))
     yield
     mp.undo()
 
@@ -260,9 +260,9 @@ def test_skeleton_cache_is_equivalent(name, tmp_path, monkeypatch):
     from qeval.policy import plan
     from qeval.recommend import recommend
 
-    monkeypatch.setenv("QEVAL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("QEVAL_CACHE", str(tmp_path))
     real = load_model(name)  # built by transformers, then cached
-    assert len(list(tmp_path.glob("*.json"))) == 1
+    assert len(list((tmp_path / "layouts").glob("*.json"))) == 1
     again = load_model(name)  # rebuilt from the cache, without transformers' modeling code
     assert type(again.model).__module__ == "qeval.memory_cache.skeleton"
     assert again.checkpoint_precision == real.checkpoint_precision and again.is_causal_lm == real.is_causal_lm
@@ -276,9 +276,10 @@ def test_skeleton_cache_is_equivalent(name, tmp_path, monkeypatch):
 def test_skeleton_cache_off_and_invalidated(tmp_path, monkeypatch):
     import shutil
 
-    monkeypatch.setenv("QEVAL_CACHE_DIR", "off")
+    monkeypatch.setenv("QEVAL_LAYOUT_CACHE", "off")
     assert type(load_model("smollm2-135m").model).__module__ != "qeval.memory_cache.skeleton"
-    monkeypatch.setenv("QEVAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("QEVAL_LAYOUT_CACHE")
+    monkeypatch.setenv("QEVAL_CACHE", str(tmp_path / "cache"))
     cfg_dir = tmp_path / "m"
     from qeval.memory import MODELS_DIR
 

@@ -20,7 +20,7 @@ _RESULTS: dict = {}
 def _private_skeleton_cache(tmp_path_factory):
     """Keep the skeleton cache (qeval.memory_cache) of these tests out of the home directory."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("QEVAL_CACHE_DIR", str(tmp_path_factory.mktemp("layouts")))
+    mp.setenv("QEVAL_CACHE", str(tmp_path_factory.mktemp("cache")))
     yield
     mp.undo()
 

@@ -16,46 +16,11 @@ EPILOG = """examples:
   qeval plan path/to/config.json --policy fp8-dynamic --all
 """
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="local model folder, a config.json, or a configs/models name")
+    parser.add_argument("model", help="local model folder, a config.json, a configs/models name, or a hub ID (online)")
     parser.add_argument("--policy", "-p", required=True, help="built-in policy name or a policy YAML file")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--all", action="store_true", help="also list norms and other unquantizable modules")
-
-
-def resolve_config_path(model: str) -> Path:
-    path = Path(model)
-    if path.is_dir():
-        path = path / "config.json"
-    elif not path.exists() and (MODELS_DIR / model / "config.json").exists():
-        path = MODELS_DIR / model / "config.json"
-    if not path.exists():
-        names = sorted(p.name for p in MODELS_DIR.iterdir() if p.is_dir()) if MODELS_DIR.exists() else []
-        raise FileNotFoundError(
-            f"model {model!r}: not a folder with config.json, not a config file, and not in configs/models "
-            f"(known: {', '.join(names)})"
-        )
-    return path
-
-
-def build_meta_model(model: str):
-    """The model's architecture on the meta device (no weights), from its config only."""
-    import torch
-    import transformers
-
-    path = resolve_config_path(model)
-    config = transformers.AutoConfig.from_pretrained(str(path.parent) if path.name == "config.json" else str(path))
-    # a checkpoint's quantization_config describes its stored weights; not needed to build the layout
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    archs = getattr(config, "architectures", None) or []
-    causal = not archs or any(k in a for a in archs for k in ("CausalLM", "LMHead", "ConditionalGeneration"))
-    cls = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
-    with torch.device("meta"):
-        return cls.from_config(config, dtype=torch.bfloat16)
 
 
 def _gib(n: int) -> str:
@@ -67,11 +32,12 @@ def run(args) -> int:
     from rich.table import Table
 
     from qeval.console import print_wide
+    from qeval.memory_load import load_model
     from qeval.policy import load_policy, plan
 
     try:
         policy = load_policy(args.policy)
-        model = build_meta_model(args.model)
+        model = load_model(args.model).model  # meta device: no weights read
         result = plan(model, policy)
     except (ValueError, FileNotFoundError) as err:
         Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False)

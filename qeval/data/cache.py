@@ -23,14 +23,14 @@ from typing import Callable
 import yaml
 
 from qeval.data.errors import DataError
+from qeval.paths import CONFIGS, cache_root
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "data"
+CONFIG_DIR = CONFIGS / "data"
 
 
 def cache_dir() -> Path:
     """The cache root: ``$QEVAL_CACHE`` or ``~/.cache/qeval``."""
-    root = os.environ.get("QEVAL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qeval")
-    return Path(root)
+    return cache_root()
 
 
 def sha256_file(path: Path) -> str:

@@ -18,8 +18,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qeval.formats import format_specs
+from qeval.paths import CONFIGS
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "policies"
+CONFIG_DIR = CONFIGS / "policies"
 
 # kinds a rule may name; "linear" is the broad one (attention, mlp, experts and
 # plain linears), the others are exact
