@@ -107,3 +107,13 @@ def input_ids(batch=2, seq=8, vocab=128, seed=1) -> torch.Tensor:
 @pytest.fixture
 def ids():
     return input_ids()
+
+
+@pytest.fixture(scope="module")
+def private_cache(tmp_path_factory):
+    """Point qeval's cache (layouts of meta-built models, downloads) at a temporary folder,
+    so a module's tests neither read nor write the user's ~/.cache/qeval."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("QEVAL_CACHE", str(tmp_path_factory.mktemp("qeval-cache")))
+    yield
+    mp.undo()

@@ -16,13 +16,7 @@ _MODELS: dict = {}
 _RESULTS: dict = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _private_skeleton_cache(tmp_path_factory):
-    """Keep the skeleton cache (qeval.memory_cache) of these tests out of the home directory."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("QEVAL_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def model(name):
