@@ -234,3 +234,18 @@ def test_scale_division_is_correctly_rounded_where_cuda_torch_is_not():
         got = kernels.quantize("fp8_e4m3", x.cuda(), amax=amax).scale
         want = get_format("fp8_e4m3").quantize(x, amax=amax).scale
         assert_same_bits(got, want, f"scale for amax={amax!r}")
+
+
+@gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("spec", ["fp8_e4m3", "fp8_e4m3:token", "nvfp4", "mxfp8:rceil", "mxfp4"])
+def test_reference_path_on_cuda_equals_cpu(spec):
+    """The plain-torch definition gives the same bits on CUDA as on the CPU (its scale
+    divisions are by tensors, which CUDA torch divides exactly)."""
+    fmt = get_format(spec)
+    gen = torch.Generator().manual_seed(17)
+    for scale in (1.0, 37.3, 1e-3, 913.7):
+        x = torch.randn(64, 256, generator=gen) * scale
+        cpu = fmt._quantize(x, None, "activation").dequantize()
+        cuda = fmt._quantize(x.cuda(), None, "activation").dequantize().cpu()
+        assert_same_bits(cuda, cpu, f"{spec} at scale {scale}")
