@@ -81,5 +81,6 @@ def run(args) -> int:
         return 2
     n = sum(len(v) for _, v in suites)
     failed = sum(not verdict["passed"] for _, v in suites for verdict in v.values())
-    print(f"{n - failed} passed, {failed} failed")
+    # not "N passed, N failed": CI log readers take that line for a test runner's summary
+    print(f"verdict: {n - failed} of {n} policies pass the gate, {failed} fail")
     return 1 if any_failed else 0
