@@ -301,7 +301,9 @@ def analyze(
 ) -> tuple[Setup, list[Option]]:
     """The shared setup and every option (see :func:`recommend` for the arguments)."""
     from qeval.formats import get_format
+    from qeval.policy import load_policy
 
+    policy = load_policy(policy)  # once: the plan and the no-op check below both use it
     defaults = load_memory_defaults()
     loaded, context, batch, gpus = _resolve_model(model_or_config, context, batch, gpus, trust_remote_code)
     catalog = load_catalog(prices=prices, gpus=gpus)
@@ -324,7 +326,7 @@ def analyze(
         warnings.append(
             f"context {context} is above the model's maximum (config field 'max_position_embeddings' = {max_pos})"
         )
-    if not plan.quantized_entries() and plan.policy not in ("bf16",) and _policy_has_rules(policy):
+    if not plan.quantized_entries() and _policy_has_rules(policy):
         warnings.append(f"policy {plan.policy!r} quantizes no module of this model: every weight stays BF16")
     setup = Setup(
         loaded,
@@ -342,13 +344,12 @@ def analyze(
     return setup, enumerate_options(setup, catalog)
 
 
-def _policy_has_rules(policy) -> bool:
-    from qeval.policy import load_policy
-
-    p = load_policy(policy)
-    fmt = p.default
-    return bool(p.rules) or bool(
-        fmt is not None and (getattr(fmt, "weights", None) or getattr(fmt, "activations", None))
+def _policy_has_rules(p) -> bool:
+    """Whether a Policy asks to quantize anything at all (an empty one, like bf16, does not)."""
+    return any(
+        getattr(r, field, None) not in (None, "none")
+        for r in [*p.rules, p.default]
+        for field in ("weights", "activations", "kv_cache")
     )
 
 
