@@ -5,7 +5,7 @@
 For each model, three figures (median of --repeat runs):
 - cold: a fresh process with an empty skeleton cache (imports torch and
   transformers' modeling code, builds the model on the meta device, plans);
-- cached: a fresh process whose config was seen before (qeval.memory_cache:
+- cached: a fresh process whose config was seen before (qeval.deploy.cache:
   no transformers modeling import);
 - in-process: `recommend()` in a warm Python process (imports already done).
 Plus `python -c "import torch"` as the floor any torch-based command pays, and
@@ -65,7 +65,7 @@ def main() -> int:
         print(_line(f"qeval recommend {name} (cold)", cold))
         print(_line(f"qeval recommend {name} (cached skeleton)", cached))
     os.environ["QEVAL_LAYOUT_CACHE"] = "off"
-    from qeval.recommend import recommend
+    from qeval.deploy.recommend import recommend
 
     recommend("gpt2", args.policy)  # pay the imports once
     for name in MODELS:

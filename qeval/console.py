@@ -20,3 +20,10 @@ def print_wide(table, console=None) -> None:
         console.print(table)
     finally:
         console.width = width
+
+
+def as_number(x) -> float | None:
+    """``x`` as a float if it is a real number (not a bool), else None."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x)

@@ -1,4 +1,4 @@
-"""qeval.gate and ``qeval gate``: thresholds, the stderr-aware task gate, exit codes, JUnit XML."""
+"""qeval.results.gate and ``qeval gate``: thresholds, the stderr-aware task gate, exit codes, JUnit XML."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from statistics import NormalDist
 import pytest
 
 from qeval.cli import main
-from qeval.gate import GATES_DIR, Gate, GateError, evaluate_gate, load_gate, parse_gate, resolve_gate, task_check
+from qeval.results.gate import GATES_DIR, Gate, GateError, evaluate_gate, load_gate, parse_gate, resolve_gate, task_check
 
 Z95 = 1.6448536269514722  # one-sided 95% normal quantile (tables), independent of the code under test
 

@@ -1,4 +1,4 @@
-"""The GPU catalog (configs/gpus.yaml), prices overrides and the memory defaults (qeval.hardware)."""
+"""The GPU catalog (configs/gpus.yaml), prices overrides and the memory defaults (qeval.deploy.hardware)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from qeval.formats import FORMATS
-from qeval.hardware import GPUS_FILE, load_catalog, load_memory_defaults
+from qeval.deploy.hardware import GPUS_FILE, load_catalog, load_memory_defaults
 
 
 def test_catalog_facts_from_hardware_md():

@@ -1,4 +1,4 @@
-"""Parameter counting, weight bytes and KV-cache bytes from configs alone (qeval.memory, qeval.memory_kv).
+"""Parameter counting, weight bytes and KV-cache bytes from configs alone (qeval.deploy.memory, qeval.deploy.kv).
 
 Expected numbers are the published totals of shared/reference/model-configs/README.md
 or are computed here by hand from the config numbers and the formats.md bytes table.
@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from qeval.memory import ModelConfigError, count_params, load_model, weight_bytes
-from qeval.memory_kv import (
+from qeval.deploy.memory import ModelConfigError, count_params, load_model, weight_bytes
+from qeval.deploy.kv import (
     activation_bytes,
     attention_layout,
     kv_bytes_per_element,
@@ -217,7 +217,7 @@ def test_sliding_window_hybrid_counted_separately():
 
 
 def test_activations_scale_with_tokens_and_tp():
-    from qeval.hardware import load_memory_defaults
+    from qeval.deploy.hardware import load_memory_defaults
 
     d = load_memory_defaults()
     cfg = loaded("llama-3.1-8b").config
@@ -252,13 +252,13 @@ def test_missing_model_is_one_line_error():
 @pytest.mark.parametrize("name", ["gpt2", "smollm2-135m", "mixtral-8x7b", "deepseek-r1", "glm-5.2", "all-minilm-l6-v2"])
 def test_skeleton_cache_is_equivalent(name, tmp_path, monkeypatch):
     from qeval.policy import plan
-    from qeval.recommend import recommend
+    from qeval.deploy.recommend import recommend
 
     monkeypatch.setenv("QEVAL_CACHE", str(tmp_path))
     real = load_model(name)  # built by transformers, then cached
     assert len(list((tmp_path / "layouts").glob("*.json"))) == 1
     again = load_model(name)  # rebuilt from the cache, without transformers' modeling code
-    assert type(again.model).__module__ == "qeval.memory_cache.skeleton"
+    assert type(again.model).__module__ == "qeval.deploy.cache.skeleton"
     assert again.checkpoint_precision == real.checkpoint_precision and again.is_causal_lm == real.is_causal_lm
     for policy in ("bf16", "nvfp4", "mixed-fp4-fp8"):
         assert plan(again.model, policy).to_dict() == plan(real.model, policy).to_dict()
@@ -271,11 +271,11 @@ def test_skeleton_cache_off_and_invalidated(tmp_path, monkeypatch):
     import shutil
 
     monkeypatch.setenv("QEVAL_LAYOUT_CACHE", "off")
-    assert type(load_model("smollm2-135m").model).__module__ != "qeval.memory_cache.skeleton"
+    assert type(load_model("smollm2-135m").model).__module__ != "qeval.deploy.cache.skeleton"
     monkeypatch.delenv("QEVAL_LAYOUT_CACHE")
     monkeypatch.setenv("QEVAL_CACHE", str(tmp_path / "cache"))
     cfg_dir = tmp_path / "m"
-    from qeval.memory import MODELS_DIR
+    from qeval.deploy.memory import MODELS_DIR
 
     shutil.copytree(MODELS_DIR / "smollm2-135m", cfg_dir)
     load_model(cfg_dir)
@@ -283,7 +283,7 @@ def test_skeleton_cache_off_and_invalidated(tmp_path, monkeypatch):
     raw["num_hidden_layers"] = 2  # an edited config must not reuse the old skeleton
     (cfg_dir / "config.json").write_text(json.dumps(raw))
     m = load_model(cfg_dir)
-    assert type(m.model).__module__ != "qeval.memory_cache.skeleton"
+    assert type(m.model).__module__ != "qeval.deploy.cache.skeleton"
     assert count_params(m).params_main < 134_515_008
 
 

@@ -204,7 +204,7 @@ def test_recovery_and_baseline_fields():
 @pytest.mark.parametrize("policy", ["fp8-dynamic", "nvfp4", "mixed-fp4-fp8"])
 def test_measured_weight_bytes_match_the_analytic_plan(policy):
     """Codec storage (codes + scales of real QTensors) vs the plan's formula: two code paths."""
-    from qeval.evaluate.weights import measured_weight_bytes
+    from qeval.pipeline.weights import measured_weight_bytes
     from qeval.policy import load_policy, plan
     from qeval.quantize import quantized
 

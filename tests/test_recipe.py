@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qeval.recipe import RecipeError, load_recipe
+from qeval.pipeline.recipe import RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

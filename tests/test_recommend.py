@@ -1,4 +1,4 @@
-"""GPU recommendations (qeval.recommend, `qeval recommend`), including the product brief's claims
+"""GPU recommendations (qeval.deploy.recommend, `qeval recommend`), including the product brief's claims
 (shared/reference/seed-gpu-guide.txt, hardware.md "Facts from the product brief")."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import json
 import pytest
 
 from qeval.cli import main
-from qeval.hardware import GIB, load_catalog
-from qeval.memory import count_params, load_model, weight_bytes
-from qeval.recommend import recommend
+from qeval.deploy.hardware import GIB, load_catalog
+from qeval.deploy.memory import count_params, load_model, weight_bytes
+from qeval.deploy.recommend import recommend
 
 _MODELS: dict = {}
 _RESULTS: dict = {}
@@ -188,7 +188,7 @@ def test_prices_change_the_recommendation(tmp_path):
 
 
 def test_recipe_yaml_as_model(tmp_path):
-    from qeval.memory import MODELS_DIR
+    from qeval.deploy.memory import MODELS_DIR
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
@@ -250,7 +250,7 @@ def test_catalog_default_prices_used():
 
 
 def test_model_spec_dict_and_config_object():
-    from qeval.memory import MODELS_DIR
+    from qeval.deploy.memory import MODELS_DIR
 
     by_spec = recommend({"id": str(MODELS_DIR / "qwen3-0.6b")}, "bf16", context=512, batch=1)
     assert by_spec["params_total"] == 596_049_920

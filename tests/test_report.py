@@ -1,4 +1,4 @@
-"""qeval.report and qeval.pareto: terminal table, report.md, Pareto plot."""
+"""qeval.results.report and qeval.results.pareto: terminal table, report.md, Pareto plot."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from qeval.pareto import _frontier, pareto_axis, pareto_plot
-from qeval.report import baseline_provenance, format_bytes, print_table, select_columns, write_report
+from qeval.results.pareto import _frontier, pareto_axis, pareto_plot
+from qeval.results.report import baseline_provenance, format_bytes, print_table, select_columns, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

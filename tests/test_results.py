@@ -1,4 +1,4 @@
-"""qeval.results: atomic writes, the run directory, resume bookkeeping, environment capture."""
+"""qeval.results.store: atomic writes, the run directory, resume bookkeeping, environment capture."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from qeval.results import (
+from qeval.results.store import (
     SCHEMA_VERSION,
     ResultsError,
     RunDir,
@@ -82,7 +82,7 @@ def test_killed_process_loses_no_finished_policy(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal
-        from qeval.results import RunDir
+        from qeval.results.store import RunDir
         rd = RunDir.create({str(tmp_path)!r}, "tiny", "recipes/tiny.yaml", {SHA!r}, {{}}, run_id="r1")
         rd.save_policy("baseline", {{"metrics": {{"perplexity": 20.0}}, "weight_bytes": 10}})
         rd.save_policy("fp8", {{"metrics": {{"kl_mean": 0.01}}, "weight_bytes": 5}})

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from qeval.cli import main as cli_main
-from qeval.run import RunOptions, run_recipe
+from qeval.pipeline.runner import RunOptions, run_recipe
 
 WORDS = (
     "the a quantized model keeps most of its quality when scales are chosen well but four bit weights "
@@ -140,7 +140,7 @@ class Killed(Exception):
 
 
 def test_resume_after_a_kill_reuses_finished_policies(workspace, tmp_path, monkeypatch, first_run):
-    import qeval.evaluate.passes as passes
+    import qeval.pipeline.passes as passes
 
     recipe = write_recipe(workspace)  # the recipe of first_run: fp8-dynamic, nvfp4
     evaluated = []
@@ -253,7 +253,7 @@ def test_bad_input_exits_2_and_writes_nothing(workspace, tmp_path, capsys):
 
 
 def test_a_failing_first_evaluation_leaves_no_run_directory(workspace, tmp_path, monkeypatch):
-    import qeval.evaluate.passes as passes
+    import qeval.pipeline.passes as passes
 
     def boom(*a, **k):
         raise Killed("baseline failed")

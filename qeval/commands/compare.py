@@ -28,8 +28,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from qeval.report import markdown_table, rich_table, select_columns, table_rows
-    from qeval.results import ResultsError, load_results
+    from qeval.results.report import markdown_table, rich_table, select_columns, table_rows
+    from qeval.results.store import ResultsError, load_results
 
     try:
         runs = [load_results(item) for item in args.results]

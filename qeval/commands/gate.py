@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
 
 def _gate_for(results: dict, explicit: str | None):
     """(Gate, where it came from)."""
-    from qeval.gate import GATES_DIR, load_gate, parse_gate, resolve_gate
+    from qeval.results.gate import GATES_DIR, load_gate, parse_gate, resolve_gate
 
     if explicit:
         return resolve_gate(explicit), explicit
@@ -47,8 +47,8 @@ def _gate_for(results: dict, explicit: str | None):
 def run(args) -> int:
     from pathlib import Path
 
-    from qeval.gate import GateError, evaluate_gate, junit_xml
-    from qeval.results import ResultsError, atomic_write_bytes, load_results, results_path
+    from qeval.results.gate import GateError, evaluate_gate, junit_xml
+    from qeval.results.store import ResultsError, atomic_write_bytes, load_results, results_path
 
     suites = []
     any_failed = False

@@ -32,7 +32,7 @@ def run(args) -> int:
     from rich.table import Table
 
     from qeval.console import print_wide
-    from qeval.memory_load import load_model
+    from qeval.deploy.load import load_model
     from qeval.policy import load_policy, plan
 
     try:

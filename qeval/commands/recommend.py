@@ -50,7 +50,7 @@ def run(args) -> int:
     import json
     import sys
 
-    from qeval.recommend import recommend
+    from qeval.deploy.recommend import recommend
 
     gpus = [g.strip().lower() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     try:
@@ -76,7 +76,7 @@ def run(args) -> int:
             print(f"warning: {w}", file=sys.stderr)
         print(json.dumps(result, indent=1))
         return 0
-    from qeval.recommend_text import render
+    from qeval.deploy.text import render
 
     render(result, show_all=args.all)
     return 0

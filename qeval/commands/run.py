@@ -33,11 +33,11 @@ def run(args) -> int:
 
     from qeval.data.errors import DataError
     from qeval.evaluate.distributed import DistributedSetupError
-    from qeval.gate import GateError
+    from qeval.results.gate import GateError
     from qeval.models import ModelLoadError
-    from qeval.recipe import RecipeError
-    from qeval.results import ResultsError
-    from qeval.run import RunOptions, run_recipe
+    from qeval.pipeline.recipe import RecipeError
+    from qeval.results.store import ResultsError
+    from qeval.pipeline.runner import RunOptions, run_recipe
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else None
     options = RunOptions(

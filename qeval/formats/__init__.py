@@ -8,8 +8,9 @@
 >>> fmt.bits_per_element((4096, 4096))
 
 The semantics are those of ``shared/reference/formats.md`` ("qeval rule").
-The plain-torch code here is the definition; ``qeval.kernels`` only makes it
-faster and is tested against it bit for bit.
+The plain-torch code here is the definition and imports nothing else of
+qeval. ``qeval.kernels`` makes it faster on CUDA (tested bit for bit against
+it): importing it (``qeval.quantize`` does) registers its kernels here.
 """
 
 from __future__ import annotations

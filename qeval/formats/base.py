@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -157,11 +157,24 @@ class Format:
         return self.spec
 
 
-def _kernel(kind: str, fmt: Format, x: torch.Tensor, amax, role: Role):
-    """The fused CUDA kernel's result (``qeval.kernels``), or None where none applies."""
-    from qeval import kernels  # lazy: CPU use never imports Triton
+# Faster paths plug in here: ``qeval.kernels`` registers its fused CUDA
+# kernels when imported. Formats never import them, so the definition of a
+# number knows nothing of the accelerator that computes it.
+_ACCELERATORS: dict[str, Callable] = {}
 
-    return getattr(kernels, kind)(fmt, x, amax=amax, role=role)
+
+def register_accelerator(kind: Literal["quantize", "fake_quant"], fn: Callable) -> None:
+    """Route ``Format.quantize`` / ``Format.fake_quant`` on CUDA tensors through ``fn``.
+
+    ``fn(fmt, x, amax=..., role=...)`` returns the same bits as the reference,
+    or None where it does not apply (the reference then runs).
+    """
+    _ACCELERATORS[kind] = fn
+
+
+def _kernel(kind: str, fmt: Format, x: torch.Tensor, amax, role: Role):
+    fn = _ACCELERATORS.get(kind)
+    return None if fn is None else fn(fmt, x, amax=amax, role=role)
 
 
 # --- helpers shared by the block formats ---------------------------------

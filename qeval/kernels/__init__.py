@@ -116,3 +116,13 @@ def __getattr__(name):  # the FP8 GEMM helpers import Triton only when used
 
         return getattr(linear, name)
     raise AttributeError(name)
+
+
+def _register() -> None:
+    from qeval.formats.base import register_accelerator
+
+    register_accelerator("quantize", quantize)
+    register_accelerator("fake_quant", fake_quant)
+
+
+_register()

@@ -61,6 +61,35 @@ def _quantize_fp8_static(x2: torch.Tensor, amax, rows: int) -> tuple[torch.Tenso
     return data, scale
 
 
+def scaled_mm_fp8(
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    b: torch.Tensor,
+    b_scale: torch.Tensor,
+    out_dtype: torch.dtype = torch.bfloat16,
+    bias: torch.Tensor | None = None,
+    fast_accum: bool = False,
+) -> torch.Tensor:
+    """The one call into ``torch._scaled_mm`` for FP8: ``(a * sa) @ (b * sb)^T``.
+
+    ``a`` [M, K] and ``b`` [N, K] are E4M3 codes; scales are float32, either
+    both per tensor (one value each) or row-wise (``a_scale`` per row of a,
+    ``b_scale`` per row of b). The scales are applied in the GEMM's epilogue.
+    """
+    sa, sb = a_scale.float(), b_scale.float()
+    if sa.numel() == 1 and sb.numel() == 1:
+        return torch._scaled_mm(a, b.t(), scale_a=sa.reshape(()), scale_b=sb.reshape(()), bias=bias,
+                                out_dtype=out_dtype, use_fast_accum=fast_accum)
+    m, n = a.shape[0], b.shape[0]
+    sa = sa.reshape(-1, 1).expand(m, 1).contiguous()
+    sb = sb.reshape(1, -1).expand(1, n).contiguous()
+    # cuBLAS row-wise scaling writes BF16 only
+    mm_dtype = torch.bfloat16 if a.is_cuda else out_dtype
+    y = torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb, bias=None if bias is None else bias.to(mm_dtype),
+                         out_dtype=mm_dtype, use_fast_accum=fast_accum)
+    return y.to(out_dtype)
+
+
 def fp8_linear(
     x: torch.Tensor,
     w_fp8: torch.Tensor,
@@ -92,20 +121,12 @@ def fp8_linear(
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
     rows = -(-m // 16) * 16
-    w_scale = w_scale.to(torch.float32)
-    per_tensor = w_scale.numel() == 1
     b = bias.to(torch.bfloat16) if bias is not None else None
-    if act_amax is not None and per_tensor:
+    if act_amax is not None:
         xq, xs = _quantize_fp8_static(x2, act_amax, rows)
-        y = torch._scaled_mm(xq, w_fp8.t(), scale_a=xs, scale_b=w_scale.reshape(()), bias=b,
-                             out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
+        if w_scale.numel() != 1:  # row-wise weights need row-wise activation scales
+            xs = xs.reshape(1, 1).expand(rows, 1)
     else:
-        if act_amax is not None:
-            xq, xs = _quantize_fp8_static(x2, act_amax, rows)
-            xs = xs.reshape(1, 1).expand(rows, 1).contiguous()
-        else:
-            xq, xs = quantize_fp8_rowwise(x2, pad_rows_to=16)
-        sb = w_scale.reshape(1, -1).expand(1, n).contiguous()
-        y = torch._scaled_mm(xq, w_fp8.t(), scale_a=xs, scale_b=sb, bias=b,
-                             out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
+        xq, xs = quantize_fp8_rowwise(x2, pad_rows_to=16)
+    y = scaled_mm_fp8(xq, xs, w_fp8, w_scale, torch.bfloat16, bias=b, fast_accum=fast_accum)
     return y[:m].to(x.dtype).reshape(*x.shape[:-1], n)

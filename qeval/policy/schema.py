@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from qeval.files import read_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qeval.formats import format_specs
@@ -257,10 +257,7 @@ def load_policy(source: str | Path | dict | Policy) -> Policy:
         elif not path.exists():
             raise FileNotFoundError(f"policy file {path} does not exist")
         where = str(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{where}: not valid YAML: {err}") from None
+        data = read_yaml(path, "policy file") or {}
         if not isinstance(data, dict):
             raise ValueError(f"{where}: expected a mapping with `rules:`, got {type(data).__name__}")
         data.setdefault("name", path.stem)

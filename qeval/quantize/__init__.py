@@ -10,6 +10,8 @@ of each quantized weight beside the original; native keeps packed weights and
 moves originals to the CPU). KV-cache hook: ``qeval/quantize/kv.py``.
 """
 
+import qeval.kernels  # noqa: F401  (registers the fused CUDA kernels with qeval.formats)
+
 from .apply import MODES, dequantize_model, quantize_model, quantized
 from .experts import QuantExperts
 from .linear import QuantLinear

@@ -63,15 +63,9 @@ def native_kind(name: str, weights: str | None, activations: str | None, device:
 
 def fp8_linear(x2: torch.Tensor, qx: QTensor, w_fp8: torch.Tensor, w_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     """``x2 [M, K] @ W[N, K].T`` from FP8 codes: per-tensor scales, or row-wise when either side is per-row."""
-    sa, sb = qx.scale.float(), w_scale.float()
-    if sa.numel() == 1 and sb.numel() == 1:
-        return torch._scaled_mm(qx.data, w_fp8.t(), scale_a=sa.reshape(()), scale_b=sb.reshape(()), out_dtype=out_dtype)
-    m, n = qx.data.shape[0], w_fp8.shape[0]
-    sa = sa.reshape(-1, 1).expand(m, 1).contiguous()
-    sb = sb.reshape(1, -1).expand(1, n).contiguous()
-    # cuBLAS row-wise scaling writes BF16 only
-    mm_dtype = torch.bfloat16 if qx.data.is_cuda else out_dtype
-    return torch._scaled_mm(qx.data, w_fp8.t(), scale_a=sa, scale_b=sb, out_dtype=mm_dtype).to(out_dtype)
+    from qeval.kernels.linear import scaled_mm_fp8
+
+    return scaled_mm_fp8(qx.data, qx.scale, w_fp8, w_scale, out_dtype)
 
 
 def to_blocked(scales: torch.Tensor) -> torch.Tensor:

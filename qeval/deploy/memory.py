@@ -1,6 +1,6 @@
 """Exact parameter and weight-byte accounting from a model's config alone (no weights).
 
->>> from qeval.memory import load_model, count_params
+>>> from qeval.deploy.memory import load_model, count_params
 >>> m = load_model("deepseek-r1")            # configs/models/deepseek-r1/config.json
 >>> c = count_params(m)
 >>> c.params_main, c.params_mtp, c.params_active
@@ -13,7 +13,7 @@ published totals include them). Multi-token-prediction (MTP) layers that the
 config declares but transformers does not build are counted from the config
 (``configs/memory.yaml``, ``mtp``) and reported separately.
 
-KV cache, activations and runtime overhead are in :mod:`qeval.memory_kv`.
+KV cache, activations and runtime overhead are in :mod:`qeval.deploy.kv`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from qeval.hardware import MemoryDefaults, load_memory_defaults
-from qeval.memory_load import (  # noqa: F401  (re-exported: the public API of qeval.memory)
+from qeval.deploy.hardware import MemoryDefaults, load_memory_defaults
+from qeval.deploy.load import (  # noqa: F401  (re-exported: the public API of qeval.deploy.memory)
     MODELS_DIR,
     LoadedModel,
     ModelConfigError,

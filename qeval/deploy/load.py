@@ -1,4 +1,4 @@
-"""Read a model config and build the model on the meta device (part of :mod:`qeval.memory`)."""
+"""Read a model config and build the model on the meta device (part of :mod:`qeval.deploy.memory`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qeval.hardware import CONFIG_DIR, load_memory_defaults
+from qeval.deploy.hardware import CONFIG_DIR, load_memory_defaults
 
 MODELS_DIR = CONFIG_DIR / "models"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -179,7 +179,7 @@ def load_model(source, *, trust_remote_code: bool = False, use_cache: bool = Tru
     """Build the model of ``source`` on the meta device (see :func:`load_config` for sources).
 
     ``source`` may also be a transformers config object. Config files seen
-    before come from the skeleton cache (:mod:`qeval.memory_cache`), which
+    before come from the skeleton cache (:mod:`qeval.deploy.cache`), which
     skips importing transformers' modeling code.
     """
     import torch
@@ -196,7 +196,7 @@ def load_model(source, *, trust_remote_code: bool = False, use_cache: bool = Tru
         name = str(source)
         path = _config_file(name)
         if use_cache and path is not None and not trust_remote_code:
-            from qeval import memory_cache
+            from qeval.deploy import cache as memory_cache
 
             key = memory_cache.cache_key(path, {})
             hit = memory_cache.load(key)
@@ -219,7 +219,42 @@ def load_model(source, *, trust_remote_code: bool = False, use_cache: bool = Tru
         causal = bool(can_generate())
     loaded = LoadedModel(name, config, model, precision, causal)
     if key is not None:
-        from qeval import memory_cache
+        from qeval.deploy import cache as memory_cache
 
         memory_cache.save(key, loaded, load_memory_defaults())
     return loaded
+
+
+def resolve_model(model_or_config, context, batch, gpus, trust_remote_code):
+    """(loaded model, context, batch, gpus) from what ``recommend`` accepts.
+
+    Accepts a LoadedModel, a transformers config or model, a recipe ``model:`` spec (dict or
+    ``qeval.models.ModelSpec``), a source string, or a recipe YAML (``model:`` + ``hardware:``)."""
+    src = model_or_config
+    if isinstance(src, LoadedModel):
+        return src, context, batch, gpus
+    if isinstance(src, (str, Path)) and str(src).endswith((".yaml", ".yml")) and Path(src).is_file():
+        from qeval.files import read_yaml
+
+        data = read_yaml(src, "recipe") or {}
+        if not (isinstance(data, dict) and "model" in data and "hardware" in data):
+            raise ValueError(f"{src}: not a recipe (needs both 'model:' and 'hardware:' keys)")
+        hw = data.get("hardware") or {}
+        context = context or hw.get("context")
+        batch = batch or hw.get("batch")
+        if not gpus and hw.get("gpu"):
+            gpus = [str(hw["gpu"]).lower()]
+        src = data["model"]
+    if isinstance(src, dict) or type(src).__name__ == "ModelSpec":
+        from qeval.models import load_config as load_spec_config
+
+        spec = src if isinstance(src, dict) else src.model_dump()
+        trust = bool(spec.get("trust_remote_code", trust_remote_code))
+        loaded = load_model(load_spec_config(spec), trust_remote_code=trust)
+        loaded.source = str(spec.get("id") or spec.get("package") or loaded.source)
+        if spec.get("gguf_file") and not loaded.checkpoint_precision:
+            loaded.checkpoint_precision = f"GGUF {spec['gguf_file']}"
+        return loaded, context, batch, gpus
+    if hasattr(src, "config") and hasattr(src, "named_modules"):  # a loaded transformers model: use its config
+        src = src.config
+    return load_model(src, trust_remote_code=trust_remote_code), context, batch, gpus

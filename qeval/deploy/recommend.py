@@ -1,6 +1,6 @@
 """Which GPU a model needs under a precision policy, and what it costs.
 
->>> from qeval.recommend import recommend
+>>> from qeval.deploy.recommend import recommend
 >>> r = recommend("glm-5.2", "fp8-block", context=8192, batch=8)
 >>> r["recommended"]["gpu"], r["recommended"]["count"]
 ('h200', 8)
@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from qeval.hardware import (
+from qeval.deploy.hardware import (
     GIB,
     GPU,
     Catalog,
@@ -34,8 +33,9 @@ from qeval.hardware import (
     load_memory_defaults,
     native_notes,
 )
-from qeval.memory import LoadedModel, ParamCount, WeightBytes, count_params, load_model, weight_bytes
-from qeval.memory_kv import (
+from qeval.deploy.load import resolve_model
+from qeval.deploy.memory import LoadedModel, ParamCount, WeightBytes, count_params, weight_bytes
+from qeval.deploy.kv import (
     AttentionLayout,
     activation_bytes,
     attention_layout,
@@ -240,39 +240,6 @@ def pick(options: list[Option], objective: str = "hour") -> Option | None:
 
 
 # --- the whole answer -------------------------------------------------------
-def _resolve_model(model_or_config, context, batch, gpus, trust_remote_code):
-    """Accept a LoadedModel, a transformers config or model, a recipe ``model:`` spec (dict or
-    ``qeval.models.ModelSpec``), a source string, or a recipe YAML (``model:`` + ``hardware:``)."""
-    src = model_or_config
-    if isinstance(src, LoadedModel):
-        return src, context, batch, gpus
-    if isinstance(src, (str, Path)) and str(src).endswith((".yaml", ".yml")) and Path(src).is_file():
-        import yaml
-
-        data = yaml.safe_load(Path(src).read_text()) or {}
-        if not (isinstance(data, dict) and "model" in data and "hardware" in data):
-            raise ValueError(f"{src}: not a recipe (needs both 'model:' and 'hardware:' keys)")
-        hw = data.get("hardware") or {}
-        context = context or hw.get("context")
-        batch = batch or hw.get("batch")
-        if not gpus and hw.get("gpu"):
-            gpus = [str(hw["gpu"]).lower()]
-        src = data["model"]
-    if isinstance(src, dict) or type(src).__name__ == "ModelSpec":
-        from qeval.models import load_config as load_spec_config
-
-        spec = src if isinstance(src, dict) else src.model_dump()
-        trust = bool(spec.get("trust_remote_code", trust_remote_code))
-        loaded = load_model(load_spec_config(spec), trust_remote_code=trust)
-        loaded.source = str(spec.get("id") or spec.get("package") or loaded.source)
-        if spec.get("gguf_file") and not loaded.checkpoint_precision:
-            loaded.checkpoint_precision = f"GGUF {spec['gguf_file']}"
-        return loaded, context, batch, gpus
-    if hasattr(src, "config") and hasattr(src, "named_modules"):  # a loaded transformers model: use its config
-        src = src.config
-    return load_model(src, trust_remote_code=trust_remote_code), context, batch, gpus
-
-
 def _families(plan, kv_spec: str | None) -> dict[str, set[str]]:
     from qeval.formats import get_format
 
@@ -305,7 +272,7 @@ def analyze(
 
     policy = load_policy(policy)  # once: the plan and the no-op check below both use it
     defaults = load_memory_defaults()
-    loaded, context, batch, gpus = _resolve_model(model_or_config, context, batch, gpus, trust_remote_code)
+    loaded, context, batch, gpus = resolve_model(model_or_config, context, batch, gpus, trust_remote_code)
     catalog = load_catalog(prices=prices, gpus=gpus)
     warnings: list[str] = []
     max_pos = getattr(loaded.text_config, "max_position_embeddings", None)
@@ -400,7 +367,7 @@ def recommend(
     if objective not in ("hour", "token"):
         raise ValueError(f"objective must be 'hour' or 'token', got {objective!r}")
     best = pick(options, objective)
-    from qeval.recommend_text import explain, summary_dict
+    from qeval.deploy.text import explain, summary_dict
 
     why, alternatives = explain(setup, options, best, objective)
     return summary_dict(setup, options, best, why, alternatives, objective)

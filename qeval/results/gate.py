@@ -32,9 +32,9 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from qeval.files import read_yaml
 from qeval.paths import CONFIGS
 
 GATES_DIR = CONFIGS / "gates"
@@ -113,19 +113,7 @@ def parse_gate(data: Any, where: str = "gate") -> Gate:
 
 def load_gate(path: str | os.PathLike) -> Gate:
     """Read and validate a gate YAML file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GateError(f"{path}: no such gate file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise GateError(f"{path}: cannot read ({err})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise GateError(f"{path}: not valid YAML{at}") from None
+    data = read_yaml(path, "gate file", GateError)
     return parse_gate(data, str(path))
 
 
@@ -363,7 +351,7 @@ def junit_xml(suites: list[tuple[str, dict[str, dict]]]) -> bytes:
         n = f = s = 0
         for policy, verdict in verdicts.items():
             for check in verdict["checks"]:
-                case = ET.SubElement(suite, "testcase", classname=f"qeval.gate.{policy}", name=f"{policy}: {check['name']}")
+                case = ET.SubElement(suite, "testcase", classname=f"qeval.results.gate.{policy}", name=f"{policy}: {check['name']}")
                 n += 1
                 if check.get("skipped"):
                     s += 1

@@ -1,7 +1,7 @@
 """Evaluate one model state (the baseline, or the model under one policy) into a results entry.
 
-``qeval.run`` calls these in order; each returns the dict that
-``RunDir.save_policy`` writes (schema in ``qeval.results``).
+``qeval.pipeline.runner`` calls these in order; each returns the dict that
+``RunDir.save_policy`` writes (schema in ``qeval.results.store``).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 
-from .divergence import BaselineSpill
-from .stream import Shard, lm_pass
-from .weights import measured_weight_bytes
+from qeval.evaluate.divergence import BaselineSpill
+from qeval.evaluate.stream import Shard, lm_pass
+from qeval.pipeline.weights import measured_weight_bytes
 
 EMPTY_METRICS = {
     "perplexity": None, "perplexity_tokens": None, "kl_mean": None, "kl_p99": None,
@@ -59,7 +59,7 @@ def _sentences(recipe, ctx) -> list[str]:
 
 
 def _embedding_metrics(recipe, ctx, baseline: bool) -> dict:
-    from .embeddings import cosine_to_baseline, embed
+    from qeval.evaluate.embeddings import cosine_to_baseline, embed
 
     emb = recipe.embeddings
     vectors = embed(ctx.model, ctx.tokenizer, _sentences(recipe, ctx), emb.max_length, emb.batch_size, ctx.device)
@@ -71,7 +71,7 @@ def _embedding_metrics(recipe, ctx, baseline: bool) -> dict:
     if emb.similarity:
         from qeval.data import similarity_benchmark
 
-        from .embeddings import similarity_spearman
+        from qeval.evaluate.embeddings import similarity_spearman
 
         if "similarity" not in ctx.state:
             ctx.state["similarity"] = similarity_benchmark(emb.similarity, max_pairs=emb.similarity_pairs)
@@ -91,7 +91,7 @@ def measure(recipe, ctx, spill, shard, options, baseline: bool, base_metrics: di
         metrics.update(_lm_metrics(recipe, ctx, spill, shard, options, baseline, desc))
         timings["text_s"] = time.perf_counter() - t
     if recipe.tasks and shard.rank == 0:  # lm-eval runs in one process
-        from .tasks import evaluate_tasks, with_baseline
+        from qeval.evaluate.tasks import evaluate_tasks, with_baseline
 
         t = time.perf_counter()
         tasks = evaluate_tasks(ctx.model, ctx.tokenizer, recipe.tasks, recipe.seed)
@@ -129,7 +129,7 @@ def ensure_baseline_state(recipe, ctx, spill, shard, options) -> None:
         lm_pass(ctx.model, ctx.token_ids, ctx.windows, spill, baseline=True, device=ctx.device, shard=shard,
                 chunk=recipe.metrics.chunk, desc="baseline (for KL)", progress=options.progress)
     if recipe.embeddings is not None and "baseline_embeddings" not in ctx.state:
-        from .embeddings import embed
+        from qeval.evaluate.embeddings import embed
 
         emb = recipe.embeddings
         ctx.state["baseline_embeddings"] = embed(
@@ -139,9 +139,9 @@ def ensure_baseline_state(recipe, ctx, spill, shard, options) -> None:
 
 def _recommendation(recipe, model, policy) -> tuple[dict | None, str | None]:
     try:
-        from qeval.recommend import recommend
+        from qeval.deploy.recommend import recommend
     except ImportError:
-        return None, "qeval.recommend is not available"
+        return None, "qeval.deploy.recommend is not available"
     hw = recipe.hardware
     try:
         kwargs = {"context": hw.context, "batch": hw.batch}

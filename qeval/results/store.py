@@ -5,7 +5,7 @@ Layout of one run (``results/<recipe-name>/<run-id>/``)::
     run.json              manifest written first: recipe name/path/sha256/config, run id, start time
     policies/<name>.json  one file per finished evaluation (``baseline.json`` for the baseline)
     results.json          assembled by ``RunDir.finalize`` from the per-policy files
-    report.md, pareto.png written by ``qeval.report`` after results.json
+    report.md, pareto.png written by ``qeval.results.report`` after results.json
 
 Every file is written atomically (a temp file in the same directory, then
 ``os.replace``), so a killed run never leaves a half-written file and loses no
@@ -30,13 +30,10 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
-import subprocess
 import sys
 import tempfile
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +42,11 @@ RUN_ID_FORMAT = "%Y%m%d-%H%M%S"
 BASELINE = "baseline"
 
 
-# The schema lives in qeval/results_schema.py (commented TypedDicts); re-exported here.
-from qeval.results_schema import (  # noqa: E402
+# The schema lives in qeval/results/schema.py (commented TypedDicts); re-exported here.
+from qeval import files  # noqa: E402
+from qeval.files import atomic_write_bytes, atomic_write_json  # noqa: E402,F401  (re-exported)
+from qeval.results.environment import environment, now_utc  # noqa: E402,F401  (re-exported)
+from qeval.results.schema import (  # noqa: E402
     BaselineEntry,
     Environment,
     GateCheck,
@@ -56,6 +56,7 @@ from qeval.results_schema import (  # noqa: E402
     RecipeInfo,
     Results,
     TaskMetrics,
+    run_label,
 )
 
 __all__ = [
@@ -70,127 +71,12 @@ class ResultsError(Exception):
 
 
 # ---------------------------------------------------------------------------
-# Environment capture
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _git_commit() -> str | None:
-    """The commit of the qeval checkout, or None (installed from a wheel, no git)."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
-
-
-def _device_name() -> str:
-    # Only ask torch if it is already imported: capturing the environment must
-    # not initialise CUDA in a process that never used it.
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return "cpu"
-
-
-def now_utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def environment(seed: int | None = None, device: str | None = None, started: str | None = None) -> Environment:
-    """Versions, device and git commit, for ``results.json["environment"]``.
-
-    Args:
-        seed: the recipe's seed.
-        device: device description; default: GPU 0's name if torch already uses CUDA, else ``"cpu"``.
-        started: ISO time the run started; default: now.
-    """
-    from qeval import __version__
-
-    return {
-        "qeval": __version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
-        "lm_eval": _version("lm_eval") or _version("lm-eval"),
-        "device": device or _device_name(),
-        "git_commit": _git_commit(),
-        "seed": seed,
-        "started": started or now_utc(),
-    }
-
-
-# ---------------------------------------------------------------------------
 # Atomic writes
-
-
-def _json_default(obj: Any) -> Any:
-    # numpy / torch scalars and tensors, paths, sets: the things metrics code returns
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "model_dump"):  # pydantic models
-        return obj.model_dump(mode="json")
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
-
-    The temp file lives in the same directory (``os.replace`` is atomic only
-    within one file system) and is removed if anything fails.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Serialise ``obj`` first (so a bad value raises before the disk is touched), then write atomically."""
-    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file; raise ResultsError with one line naming the file on any problem."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ResultsError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ResultsError(f"{path}: cannot read ({err})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ResultsError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    return files.read_json(path, "file", ResultsError)
 
 
 # ---------------------------------------------------------------------------
@@ -228,12 +114,6 @@ def load_results(path: str | os.PathLike) -> Results:
     """Load and shape-check a results.json (or a run directory holding one)."""
     file = results_path(path)
     return validate_results(read_json(file), file)
-
-
-def run_label(results: Results) -> str:
-    """``<recipe>/<run-id>``: how compare and reports name a run."""
-    recipe = (results.get("recipe") or {}).get("name") or "?"
-    return f"{recipe}/{results.get('run_id') or '?'}"
 
 
 # ---------------------------------------------------------------------------
@@ -440,7 +320,7 @@ class RunDir:
 
         Args:
             environment: from ``environment()``; ``finished`` is filled in if absent.
-            gate: a ``qeval.gate.Gate``, a gate dict (as in a recipe's ``gate:``), the
+            gate: a ``qeval.results.gate.Gate``, a gate dict (as in a recipe's ``gate:``), the
                 name of ``configs/gates/<name>.yaml``, a path to a gate file, or None.
             policy_order: order of policies in results.json (default: order finished).
             report: also write report.md and pareto.png (a failure there only warns:
@@ -451,13 +331,13 @@ class RunDir:
         """
         results = self.assemble(environment, policy_order)
         if gate is not None:
-            from qeval.gate import apply_gate, resolve_gate
+            from qeval.results.gate import apply_gate, resolve_gate
 
             apply_gate(results, resolve_gate(gate))
         atomic_write_json(self.results_file, results)
         if report:
             try:
-                from qeval.report import write_report
+                from qeval.results.report import write_report
 
                 write_report(results, self.path)
             except Exception as err:  # noqa: BLE001 - the report is a convenience, results.json is the product

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 CACHE_VERSION = 1
-# config fields the memory model reads (qeval.memory, qeval.memory_kv, qeval.recommend)
+# config fields the memory model reads (qeval.deploy.memory, qeval.deploy.kv, qeval.deploy.recommend)
 CONFIG_FIELDS = (
     "model_type",
     "hidden_size",
@@ -104,7 +104,7 @@ def _base(mod) -> str:
 
 
 def dump(loaded, defaults) -> dict:
-    """The JSON-ready skeleton of a :class:`qeval.memory.LoadedModel`."""
+    """The JSON-ready skeleton of a :class:`qeval.deploy.memory.LoadedModel`."""
     model = loaded.model
     owner: dict[int, str] = {}
     modules = []
@@ -167,7 +167,7 @@ def rebuild(data: dict):
     for m in data["modules"]:
         key = (m["cls"], m["base"])
         if key not in classes:
-            classes[key] = type(m["cls"], (bases[m["base"]],), {"__module__": "qeval.memory_cache.skeleton"})
+            classes[key] = type(m["cls"], (bases[m["base"]],), {"__module__": "qeval.deploy.cache.skeleton"})
         obj = classes[key].__new__(classes[key])
         nn.Module.__init__(obj)
         for a, v in m["attrs"].items():

@@ -5,7 +5,7 @@ perplexity/KL/top-1 and an encoder run shows embedding cosines; ``metrics``
 arguments pick columns by key (see ``COLUMN_KEYS``; ``task:<name>`` for one
 task). ``qeval compare`` builds its table from the same columns.
 
->>> from qeval.report import print_table, write_report
+>>> from qeval.results.report import print_table, write_report
 >>> print_table(results)                  # after a run
 >>> write_report(results, run_dir)        # report.md + pareto.png, atomically
 """
@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from qeval.console import as_number as _num
 from qeval.console import print_wide
-from qeval.results import atomic_write_bytes, run_label
+from qeval.files import atomic_write_bytes
+from qeval.results.schema import run_label
 
 # ---------------------------------------------------------------------------
 # Formatting helpers
@@ -37,12 +39,6 @@ def format_bytes(n: Any) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
         value /= 1024
     return f"{n} B"  # unreachable
-
-
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x)
 
 
 def _fmt(x: Any, spec: str = ".4g") -> str:
@@ -322,7 +318,7 @@ def report_markdown(results: dict, plot_name: str | None = "pareto.png") -> str:
 def write_report(results: dict, run_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``report.md`` and ``pareto.png`` into ``run_dir`` (each atomically)."""
     run_dir = Path(run_dir)
-    from qeval.pareto import pareto_plot
+    from qeval.results.pareto import pareto_plot
 
     png = pareto_plot(results, run_dir / "pareto.png")
     md = atomic_write_bytes(run_dir / "report.md", report_markdown(results, png.name).encode("utf-8"))

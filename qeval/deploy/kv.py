@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from qeval.hardware import GIB, MemoryDefaults
+from qeval.deploy.hardware import GIB, MemoryDefaults
 
 _SLIDING = {"sliding_attention", "sliding_window", "local_attention", "chunked_attention"}
 _STATE_WORDS = ("linear", "mamba", "conv", "recurrent", "ssm")  # fixed-size state, no per-token KV

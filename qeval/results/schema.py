@@ -60,7 +60,7 @@ class PolicyEntry(TypedDict, total=False):
     weight_bytes_measured: int  # bytes of the tensors actually held
     savings_vs_bf16: float  # 1 - weight_bytes / bf16 bytes
     timings: dict[str, float]  # seconds: quantize_s, eval_s, ...
-    recommendation: dict[str, Any] | None  # qeval.recommend output, or None
+    recommendation: dict[str, Any] | None  # qeval.deploy.recommend output, or None
     gate: GateVerdict | None  # filled by finalize when a gate is given
 
 
@@ -100,3 +100,9 @@ class Results(TypedDict, total=False):
     baseline: BaselineEntry
     policies: list[PolicyEntry]
     gate: dict[str, Any] | None  # {"config": {...gate as dict...}, "passed": bool} when a gate ran
+
+
+def run_label(results: Results) -> str:
+    """``<recipe>/<run-id>``: how compare and reports name a run."""
+    recipe = (results.get("recipe") or {}).get("name") or "?"
+    return f"{recipe}/{results.get('run_id') or '?'}"

@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from qeval.report import _num
-from qeval.results import atomic_write_bytes, run_label
+from qeval.console import as_number as _num
+from qeval.files import atomic_write_bytes
+from qeval.results.schema import run_label
 
 
 def _accuracy_delta(entry: dict) -> float | None:

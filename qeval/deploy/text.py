@@ -1,8 +1,8 @@
-"""Words and tables for :mod:`qeval.recommend`: the why, the next option up/down, the JSON dict, the rich table."""
+"""Words and tables for :mod:`qeval.deploy.recommend`: the why, the next option up/down, the JSON dict, the rich table."""
 
 from __future__ import annotations
 
-from qeval.hardware import GIB
+from qeval.deploy.hardware import GIB
 
 
 def _gib(n: float) -> str:
@@ -106,8 +106,8 @@ def explain(setup, options, best, objective: str) -> tuple[str, dict]:
 
 
 def summary_dict(setup, options, best, why: str, alternatives: dict, objective: str) -> dict:
-    """The JSON-ready answer of :func:`qeval.recommend.recommend`."""
-    from qeval.memory_kv import kv_bytes_per_token
+    """The JSON-ready answer of :func:`qeval.deploy.recommend.recommend`."""
+    from qeval.deploy.kv import kv_bytes_per_token
 
     c, w, m = setup.count, setup.weights, setup.loaded
     kv = kv_bytes_per_token(setup.layout, setup.kv_spec)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from qeval.evaluate.stream import Shard
-from qeval.recipe import Recipe, RecipeError, load_recipe, recipe_to_dict
+from qeval.pipeline.recipe import Recipe, RecipeError, load_recipe, recipe_to_dict
 
 
 
@@ -109,7 +109,7 @@ def run_recipe(recipe_path: str | Path, options: RunOptions | None = None) -> Pa
     """
     from qeval.evaluate import distributed
     from qeval.models import resolve
-    from qeval.results import RunDir
+    from qeval.results.store import RunDir
 
     options = options or RunOptions()
     recipe, sha = load_recipe(recipe_path)
@@ -144,7 +144,7 @@ def run_recipe(recipe_path: str | Path, options: RunOptions | None = None) -> Pa
     if shard.rank != 0:
         distributed.barrier(shard)
         return Path(run_path) / "results.json"
-    from qeval.results import environment
+    from qeval.results.store import environment
 
     env = environment(seed=recipe.seed, device=_device_name(devices), started=started)
     env["world_size"] = shard.world
@@ -159,7 +159,7 @@ def run_recipe(recipe_path: str | Path, options: RunOptions | None = None) -> Pa
 
 
 def _now() -> str:
-    from qeval.results import now_utc
+    from qeval.results.store import now_utc
 
     return now_utc()
 
@@ -187,11 +187,11 @@ def _data_note(recipe: Recipe) -> dict:
 
 
 def _print_table(path: Path) -> None:
-    from qeval.results import load_results
+    from qeval.results.store import load_results
 
     results = load_results(path)
     try:
-        from qeval.report import print_table
+        from qeval.results.report import print_table
     except ImportError:
         print(json.dumps(results, indent=1)[:4000])
     else:
@@ -256,7 +256,7 @@ def _input_device(model, device):
 
 
 def _evaluate_all(recipe, ctx: Context, selected, run_path: Path, rundir, finished: dict, shard: Shard, options) -> None:
-    from qeval.evaluate import passes
+    from qeval.pipeline import passes
 
     total = len(selected) + 1
     todo = [n for n, _ in selected if n not in finished]

@@ -16,10 +16,10 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qeval.data.text import TextSpec
+from qeval.files import parse_yaml
 from qeval.models import ModelSpec
 
 
@@ -87,7 +87,7 @@ class EmbeddingConfig(_Strict):
 
 
 class Hardware(_Strict):
-    """Deployment target for ``qeval.recommend``."""
+    """Deployment target for ``qeval.deploy.recommend``."""
 
     context: int = Field(4096, ge=1)
     batch: int = Field(1, ge=1)
@@ -211,14 +211,7 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
         raise RecipeError(f"{path}: recipe file does not exist") from None
     except OSError as err:
         raise RecipeError(f"{path}: cannot read recipe ({err.strerror or err})") from None
-    try:
-        data = yaml.safe_load(raw_bytes.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise RecipeError(f"{path}: recipe is not UTF-8 text") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise RecipeError(f"{path}: not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+    data = parse_yaml(raw_bytes, path, "recipe", RecipeError)
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping (got {type(data).__name__})")
     try:
@@ -256,7 +249,7 @@ def _check_policies(path: Path, recipe: Recipe) -> None:
 def _check_gate(path: Path, recipe: Recipe) -> None:
     if recipe.gate is None:
         return
-    from qeval.gate import GateError, parse_gate, resolve_gate
+    from qeval.results.gate import GateError, parse_gate, resolve_gate
 
     try:
         if isinstance(recipe.gate, dict):

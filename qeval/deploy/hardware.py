@@ -1,6 +1,6 @@
 """The GPU catalog (``configs/gpus.yaml``) and the memory/speed defaults (``configs/memory.yaml``).
 
->>> from qeval.hardware import load_catalog
+>>> from qeval.deploy.hardware import load_catalog
 >>> cat = load_catalog()
 >>> cat.gpus["h100"].memory_gib
 79.6474609375
@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
+from qeval.files import read_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qeval.paths import CONFIGS
@@ -164,12 +164,7 @@ class MemoryDefaults(_Strict):
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: file not found") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    data = read_yaml(path, "config file")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return data
