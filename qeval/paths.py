@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# configs/ beside the package: policies, gates, GPU catalog, memory defaults, model configs, data checksums
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# policies, gates, GPU catalog, memory defaults, model configs, data checksums: the
+# repository's configs/, which qeval/configs links to and which a wheel carries inside.
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def cache_root() -> Path:
