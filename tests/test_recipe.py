@@ -127,3 +127,34 @@ def test_unparsable_files(tmp_path, text, expect):
     (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(RecipeError, match="not UTF-8"):
         load_recipe(tmp_path / "bin.yaml")
+
+
+POLICY_FILE = """name: fp8-midmlp
+rules:
+  - kind: mlp
+    weights: fp8_e4m3:channel
+    activations: fp8_e4m3:token
+"""
+
+
+def test_a_policy_file_path_is_named_by_its_own_name(tmp_path):
+    (tmp_path / "my").mkdir()
+    (tmp_path / "my" / "x.yaml").write_text(POLICY_FILE, encoding="utf-8")
+    # relative to the recipe's folder, not the working directory
+    recipe, _ = load_recipe(write(tmp_path, edit(policies=["fp8-dynamic", "my/x.yaml"])))
+    assert recipe.policy_names() == ["fp8-dynamic", "fp8-midmlp"]
+    assert Path(recipe.policies[1]).is_file()  # rewritten so the runner finds it from anywhere
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (POLICY_FILE.replace("fp8-midmlp", "fp8-dynamic"), r"policy 'fp8-dynamic' is listed twice"),
+        (POLICY_FILE.replace("name: fp8-midmlp", "name: my mid/mlp"), r"policy name 'my mid/mlp' cannot name a results file"),
+        (POLICY_FILE.replace("fp8-midmlp", "baseline"), r"'baseline' is reserved"),
+    ],
+)
+def test_policy_file_names_are_checked_when_the_recipe_loads(tmp_path, text, expected):
+    (tmp_path / "p.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"r\.yaml: field 'policies\[1\]'.*" + expected):
+        load_recipe(write(tmp_path, edit(policies=["fp8-dynamic", str(tmp_path / "p.yaml")])))

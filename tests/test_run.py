@@ -188,6 +188,22 @@ def test_policies_subset_and_limit_tokens(workspace, tmp_path):
     assert res["recipe"]["config"]["overrides"] == {"limit_tokens": 100}
 
 
+def test_a_policy_given_by_file_path_runs_under_its_own_name(workspace, tmp_path):
+    """The bug of issue 17: a recipe listing a policy file evaluated the first policies, then died."""
+    (tmp_path / "my").mkdir()
+    (tmp_path / "my" / "mid.yaml").write_text(
+        "name: fp8-mid\nrules:\n  - kind: mlp\n    weights: fp8_e4m3:channel\n", encoding="utf-8")
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(recipe_dict(workspace, policies=["fp8-dynamic", "my/mid.yaml"])), encoding="utf-8")
+    res = json.loads(run_recipe(recipe, _opts(tmp_path, limit_tokens=64)).read_text())
+    by = {p["name"]: p for p in res["policies"]}
+    assert list(by) == ["fp8-dynamic", "fp8-mid"]
+    assert by["fp8-mid"]["metrics"]["kl_mean"] > 0 and by["fp8-mid"]["policy"]["name"] == "fp8-mid"
+    # --policies takes the name or the entry as written
+    again = run_recipe(recipe, _opts(tmp_path, policies=["my/mid.yaml"], limit_tokens=64, run_id="sub"))
+    assert [p["name"] for p in json.loads(again.read_text())["policies"]] == ["fp8-mid"]
+
+
 def test_tasks_are_run_and_recovery_computed(workspace, tmp_path, monkeypatch):
     """The lm-eval glue: baseline and policy accuracies, recovery = quant / base x 100.
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from qeval.data.text import TextSpec
 from qeval.files import parse_yaml
@@ -108,12 +109,11 @@ class Recipe(_Strict):
     embeddings: EmbeddingConfig | None = None
     gate: str | dict[str, Any] | None = None  # inline thresholds, or a configs/gates name / path
     hardware: Hardware = Field(default_factory=Hardware)
+    _names: list[str] = PrivateAttr(default_factory=list)  # each policy's own name, set by load_recipe
 
     @field_validator("name")
     @classmethod
     def _name(cls, v):
-        import re
-
         if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", v):
             raise ValueError("use letters, digits and . _ + - (it names the results folder)")
         return v
@@ -126,6 +126,10 @@ class Recipe(_Strict):
 
     # -- derived
     def policy_names(self) -> list[str]:
+        """Each policy's name: the built-in name, an inline policy's ``name``, or for a
+        policy given as a file path the ``name:`` inside that file (its stem if none)."""
+        if len(self._names) == len(self.policies):
+            return list(self._names)
         return [p if isinstance(p, str) else str(p.get("name")) for p in self.policies]
 
 
@@ -226,24 +230,49 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     return recipe, hashlib.sha256(raw_bytes).hexdigest()
 
 
+_FILE_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a policy's name names its results file
+
+
+def _is_path(entry: str) -> bool:
+    return "/" in entry or "\\" in entry or Path(entry).suffix in (".yaml", ".yml")
+
+
 def _check_policies(path: Path, recipe: Recipe) -> None:
+    """Every policy loads; names (a file's own ``name:``) are unique, not 'baseline', and file-safe.
+
+    A relative policy path that does not exist from the working directory is taken
+    from the recipe's folder (and rewritten, so the runner finds it too).
+    """
     from qeval.policy import load_policy
 
-    seen: set[str] = set()
+    names: list[str] = []
     for i, entry in enumerate(recipe.policies):
         if isinstance(entry, dict) and "name" not in entry:
             raise RecipeError(f"{path}: field 'policies[{i}]': an inline policy needs a 'name'")
-        name = recipe.policy_names()[i]
-        if name == "baseline":
+        if isinstance(entry, str) and _is_path(entry):
+            file = Path(entry).expanduser()
+            if not file.is_absolute() and not file.exists() and (path.parent / file).exists():
+                recipe.policies[i] = entry = str(path.parent / file)
+        label = entry if isinstance(entry, str) else str(entry.get("name"))
+        if label == "baseline":
             raise RecipeError(f"{path}: field 'policies[{i}]': 'baseline' is reserved for the unquantized model")
-        if name in seen:
-            raise RecipeError(f"{path}: field 'policies[{i}]': policy {name!r} is listed twice")
-        seen.add(name)
         try:
-            load_policy(entry)
+            policy = load_policy(entry)
         except Exception as err:  # noqa: BLE001 - policy errors are one-line ValueErrors; keep the message
             msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RecipeError(f"{path}: field 'policies[{i}]' ({name}): {msg}") from None
+            raise RecipeError(f"{path}: field 'policies[{i}]' ({label}): {msg}") from None
+        name = policy.name if isinstance(entry, str) and _is_path(entry) else label
+        if name == "baseline":
+            raise RecipeError(f"{path}: field 'policies[{i}]': 'baseline' is reserved for the unquantized model")
+        if not _FILE_SAFE.fullmatch(name):
+            raise RecipeError(
+                f"{path}: field 'policies[{i}]': policy name {name!r} cannot name a results file: "
+                "use letters, digits and . _ + - (set `name:` in the policy)"
+            )
+        if name in names:
+            raise RecipeError(f"{path}: field 'policies[{i}]': policy {name!r} is listed twice")
+        names.append(name)
+    recipe._names = names
 
 
 def _check_gate(path: Path, recipe: Recipe) -> None:

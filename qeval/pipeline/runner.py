@@ -55,10 +55,20 @@ def seed_everything(seed: int) -> None:
 
 
 def _select_policies(recipe: Recipe, path, wanted: list[str] | None) -> list[tuple[str, object]]:
+    """(name, source) of the policies to run; ``wanted`` may give a policy's name or its entry as written."""
     names = recipe.policy_names()
     pairs = list(zip(names, recipe.policies))
     if not wanted:
         return pairs
+    files = {str(Path(p).resolve()): n for n, p in pairs if isinstance(p, str)}
+
+    def by_entry(w: str) -> str:  # a path as written in the recipe (relative to it) or from here
+        for cand in (Path(w), Path(path).parent / w):
+            if str(cand.resolve()) in files:
+                return files[str(cand.resolve())]
+        return w
+
+    wanted = [w if w in names else by_entry(w) for w in wanted]
     unknown = [w for w in wanted if w not in names]
     if unknown:
         raise RecipeError(f"{path}: --policies names {', '.join(unknown)}, not in the recipe (its policies: {', '.join(names)})")
