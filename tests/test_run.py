@@ -298,3 +298,39 @@ def test_two_processes_give_the_numbers_of_one(workspace, tmp_path):
     two = json.loads((tmp_path / "results" / "tiny" / "two" / "results.json").read_text())
     assert two["environment"]["world_size"] == 2
     assert numbers(two) == numbers(one)
+
+
+def test_python_evaluate_returns_what_qeval_run_writes(workspace, first_run):
+    """``qeval.evaluate`` on the in-memory model = the run's results.json, number for number."""
+    import copy
+
+    import qeval
+    from qeval.models import load_model
+
+    res = json.loads(first_run[0].read_text())
+    rd = recipe_dict(workspace)
+    model, tok = load_model(rd["model"])
+    out = qeval.evaluate(
+        model, rd["policies"], tokenizer=tok, text=(workspace / "eval.txt").read_text(encoding="utf-8"),
+        calibration=rd["calibration"], max_tokens=300, window=64, stride=48, chunk=16, gate=rd["gate"],
+    )
+    assert numbers(out) == numbers(res)
+    assert [p["gate"]["passed"] for p in out["policies"]] == [p["gate"]["passed"] for p in res["policies"]]
+    assert out["policies"][0].keys() >= {"name", "policy", "plan_summary", "metrics", "weight_bytes", "timings"}
+    # the model ends as it started, and a model quantized elsewhere is measured as it is vs a reference
+    quant = copy.deepcopy(model)
+    qeval.quantize_model(quant, "fp8-dynamic", progress=False)
+    as_is = qeval.evaluate(quant, [], tokenizer=tok, baseline=model, text=(workspace / "eval.txt"),
+                           max_tokens=300, window=64, stride=48, chunk=16)
+    got, want = as_is["policies"][0], out["policies"][0]
+    assert got["name"] == "model"
+    assert got["metrics"]["kl_mean"] == pytest.approx(want["metrics"]["kl_mean"], rel=1e-6)
+    assert got["metrics"]["top1_agreement"] == want["metrics"]["top1_agreement"]
+
+
+def test_python_run_is_qeval_run(workspace, tmp_path):
+    import qeval
+
+    res = qeval.run(write_recipe(workspace), results_dir=tmp_path, run_id="api", limit_tokens=64, progress=False)
+    assert res["run_id"] == "api" and (tmp_path / "tiny" / "api" / "results.json").is_file()
+    assert [p["name"] for p in res["policies"]] == ["fp8-dynamic", "nvfp4"]
