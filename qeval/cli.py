@@ -26,6 +26,8 @@ COMMANDS = {
     "compare": "qeval.commands.compare",
     "gate": "qeval.commands.gate",
     "recommend": "qeval.commands.recommend",
+    "sensitivity": "qeval.commands.sensitivity",
+    "search": "qeval.commands.search",
 }
 
 

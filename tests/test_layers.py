@@ -64,19 +64,21 @@ def _in(module: str, *packages: str) -> bool:
 WALLS = [
     ("qeval.formats", ["qeval"], "formats know numbers and nothing else of qeval"),
     ("qeval.evaluate", ["qeval.formats", "qeval.policy", "qeval.quantize", "qeval.kernels", "qeval.deploy",
-                        "qeval.pipeline", "qeval.results"], "metrics take a model and tokens"),
+                        "qeval.pipeline", "qeval.results", "qeval.search"], "metrics take a model and tokens"),
     ("qeval.quantize", ["qeval.evaluate", "qeval.pipeline", "qeval.results", "qeval.cli", "qeval.commands",
-                        "qeval.deploy"], "quantizers know modules"),
+                        "qeval.deploy", "qeval.search"], "quantizers know modules"),
     ("qeval.policy", ["qeval.quantize", "qeval.evaluate", "qeval.pipeline", "qeval.results", "qeval.deploy",
-                      "qeval.kernels"], "policies know which layer gets what"),
-    ("qeval.deploy", ["qeval.quantize", "qeval.evaluate", "qeval.pipeline", "qeval.results", "qeval.kernels"],
+                      "qeval.kernels", "qeval.search"], "policies know which layer gets what"),
+    ("qeval.deploy", ["qeval.quantize", "qeval.evaluate", "qeval.pipeline", "qeval.results", "qeval.kernels",
+                      "qeval.search"],
      "bytes and hardware come from the config alone"),
     ("qeval.results", ["qeval.quantize", "qeval.evaluate", "qeval.pipeline", "qeval.kernels", "qeval.policy",
-                       "qeval.formats"], "results know what a run leaves behind"),
+                       "qeval.formats", "qeval.search"], "results know what a run leaves behind"),
     ("qeval.kernels", ["qeval.quantize", "qeval.policy", "qeval.evaluate", "qeval.pipeline", "qeval.results",
-                       "qeval.deploy"], "kernels plug into formats"),
+                       "qeval.deploy", "qeval.search"], "kernels plug into formats"),
     ("qeval.data", ["qeval.formats", "qeval.policy", "qeval.quantize", "qeval.evaluate", "qeval.pipeline",
-                    "qeval.results", "qeval.deploy"], "data knows text and files"),
+                    "qeval.results", "qeval.deploy", "qeval.search"], "data knows text and files"),
+    ("qeval.pipeline", ["qeval.search"], "the search strings the pipeline's parts together, not the reverse"),
 ]
 ALLOWED_ROOT = {"qeval.paths", "qeval.files", "qeval.console"}  # shared utilities
 
