@@ -360,3 +360,48 @@ def test_fit_budget_on_llama_8b_fits_the_target_and_not_the_next_cheaper_option(
     # one step more bytes than the budget would not fit
     over = fit_report(loaded, search(doc, budget + 2 * 2**30, name="over").policy, target, 8192, 54)
     assert not over["fits"]
+
+
+def test_evaluate_runs_searched_policies_beside_the_recipes_own(tiny, tmp_path):
+    """--evaluate: KL on the calibration text (vs the prediction) and a normal run on the eval text."""
+    from qeval.search.flow import SearchRequest, run_search
+
+    root, recipe, doc = tiny
+    sens = next((root / "sens").glob("block-*/sensitivity.json"))
+    bf16 = doc["fixed_bytes"] + sum(g["bytes"]["bf16"] for g in doc["groups"])
+    req = SearchRequest(recipe=str(recipe), sensitivity=str(sens), bits=[6.0], max_bytes=[str(bf16)],
+                        out=tmp_path / "out", evaluate=True, policies=["nvfp4-weight-only"], progress=False)
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # results/ of the evaluation run land here
+    try:
+        rows, results = run_search(req)
+    finally:
+        os.chdir(cwd)
+    by = {p["name"]: p for p in results["policies"]}
+    assert list(by) == ["nvfp4-weight-only", "search-6bit", f"search-{bf16}"]
+    for r in rows:
+        e = by[r["name"]]
+        assert e["weight_bytes"] == r["weight_bytes"] and e["metrics"]["kl_mean"] == r["measured_eval"]
+        assert r["measured_calibration"]["kl_mean"] >= 0
+    six, full = rows
+    assert full["predicted_kl"] == 0 and full["measured_calibration"]["kl_mean"] == 0 and full["measured_eval"] == 0
+    assert six["predicted_kl"] > 0 and six["measured_calibration"]["kl_mean"] > 0
+    # the search's only evidence is the calibration text; the eval text is another text
+    assert results["recipe"]["config"]["eval_data"]["path"] != doc["text"]["path"]
+    assert json.loads((tmp_path / "out" / "search-6bit.json").read_text())["measured_eval"] == six["measured_eval"]
+
+
+def test_cli_sensitivity_refuses_bad_input_with_one_line(tiny, tmp_path, capsys):
+    root, recipe, _ = tiny
+    rc = cli_main(["sensitivity", str(recipe), "--formats", "nvfp5", "--out", str(tmp_path / "a"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("qeval sensitivity: error: --formats") and "nvfp5" in err and "\n" not in err
+    rc = cli_main(["sensitivity", str(recipe), "--formats", "mixed-fp4-fp8", "--out", str(tmp_path / "b"),
+                   "--no-progress"])
+    assert rc == 2 and "not a uniform policy" in capsys.readouterr().err
+    no_calib = _recipe(root, "nocal.yaml", calibration=None)
+    rc = cli_main(["sensitivity", str(no_calib), "--out", str(tmp_path / "c"), "--no-progress"])
+    assert rc == 2 and "calibration" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "abc")  # nothing half-written

@@ -42,6 +42,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", help="folder for the policies (default results/<recipe>/search)")
     parser.add_argument("--evaluate", action="store_true", help="measure the policies: calibration text and eval text")
     parser.add_argument("--policies", help="with --evaluate: the recipe's policies to run beside (default: all)")
+    parser.add_argument("--no-tasks", action="store_true", help="with --evaluate: skip the recipe's lm-eval tasks")
     parser.add_argument("--limit-tokens", type=int, help="with --evaluate: cap eval tokens (quick trials)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -66,7 +67,7 @@ def run(args) -> int:
         fit=_list(args.fit), context=args.context, batch=args.batch, model=args.model,
         granularity=args.granularity, formats=_list(args.formats) or None, tokens=args.tokens, out=args.out,
         evaluate=args.evaluate, policies=_list(args.policies) or None, limit_tokens=args.limit_tokens,
-        progress=not args.no_progress,
+        tasks=not args.no_tasks, progress=not args.no_progress,
     )
     try:
         rows, results = run_search(req)

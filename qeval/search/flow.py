@@ -28,6 +28,7 @@ class SearchRequest:
     evaluate: bool = False
     policies: list[str] | None = None  # the recipe's policies to evaluate beside (default: all)
     limit_tokens: int | None = None
+    tasks: bool = True  # with evaluate: also the recipe's lm-eval tasks
     progress: bool = True
 
 
@@ -97,7 +98,8 @@ def run_search(req: SearchRequest) -> tuple[list[dict], dict | None]:
         for r, m in zip(rows, calib):
             r["measured_calibration"] = {k: m.get(k) for k in ("kl_mean", "kl_stderr", "kl_p99", "top1_agreement")}
         results = evaluate_on_eval_text(recipe, [r["policy"] for r in rows], out, progress=req.progress,
-                                        limit_tokens=req.limit_tokens, keep=req.policies)
+                                        limit_tokens=req.limit_tokens, keep=req.policies,
+                                        tasks=req.tasks)
         by_name = {e.get("name"): e for e in results.get("policies") or []}
         for r in rows:
             r["measured_eval"] = ((by_name.get(r["name"]) or {}).get("metrics") or {}).get("kl_mean")

@@ -22,9 +22,14 @@ def measure_on_calibration(recipe_path, policies: list[dict], tokens: int | None
         bench.spill.remove()
 
 
-def derived_recipe(recipe_path, policies: list[dict], folder) -> Path:
-    """A copy of the recipe whose policies are its own plus ``policies`` (inline), written in ``folder``."""
+def derived_recipe(recipe_path, policies: list[dict], folder, tasks: bool = True) -> Path:
+    """A copy of the recipe whose policies are its own plus ``policies`` (inline), written in ``folder``.
+
+    ``tasks=False`` drops the recipe's lm-eval tasks (the comparison is about KL; tasks take the time).
+    """
     raw = read_yaml(recipe_path, "recipe")
+    if not tasks:
+        raw.pop("tasks", None)
     own = list(raw.get("policies") or [])
     names = {p if isinstance(p, str) else p.get("name") for p in own}
     extra = [p for p in policies if p["name"] not in names]
@@ -39,7 +44,7 @@ def derived_recipe(recipe_path, policies: list[dict], folder) -> Path:
 
 def evaluate_on_eval_text(recipe_path, searched: list[dict], folder, results_dir=Path("results"),
                           progress: bool = True, limit_tokens: int | None = None,
-                          keep: list[str] | None = None) -> dict:
+                          keep: list[str] | None = None, tasks: bool = True) -> dict:
     """``qeval run`` of the recipe plus the searched policies; returns results.json as a dict.
 
     ``keep``: the recipe's own policies to evaluate beside them (default: all).
@@ -47,7 +52,7 @@ def evaluate_on_eval_text(recipe_path, searched: list[dict], folder, results_dir
     from qeval.pipeline.runner import RunOptions, run_recipe
     from qeval.results.store import load_results
 
-    derived = derived_recipe(recipe_path, searched, folder)
+    derived = derived_recipe(recipe_path, searched, folder, tasks)
     wanted = None if keep is None else [*keep, *[p["name"] for p in searched]]
     path = run_recipe(derived, RunOptions(results_dir=Path(results_dir), progress=progress, print_table=False,
                                           limit_tokens=limit_tokens, policies=wanted))

@@ -142,7 +142,37 @@ def sensitivity(recipe_path, granularity: str = "block", formats=None, tokens: i
     c = recipe.calibration
     n = tokens or (c.n_batches * c.seq_len if c is not None else 0)
     t0 = time.perf_counter()
+    from qeval.policy import load_policy
+
+    for f in formats or DEFAULT_FORMATS:  # before any model work: an unknown name fails at once
+        try:
+            f == BF16 or load_policy(f)
+        except (ValueError, FileNotFoundError) as err:
+            raise SearchInputError(f"--formats: {err}") from None
     bench = prepare(recipe_path, tokens, root / ".work", progress)
+    try:
+        doc, folder, path = _measure_all(bench, recipe, sha, name, granularity, formats, n, root, progress)
+    finally:
+        bench.spill.remove()
+        shutil.rmtree(root / ".work", ignore_errors=True)
+        if root.is_dir() and not any(root.iterdir()):  # failed before anything was measured: leave nothing
+            root.rmdir()
+    doc["complete"] = True
+    doc["seconds"] = time.perf_counter() - t0
+    atomic_write_json(path, doc)
+    try:
+        from qeval.search.show import plot_sensitivity
+
+        plot_sensitivity(doc, folder / "sensitivity.png")
+    except ImportError:  # matplotlib missing: the JSON and the table still stand
+        pass
+    return path
+
+
+def _measure_all(bench: Bench, recipe, sha: str, name: str, granularity: str, formats, n: int, root: Path,
+                 progress: bool) -> tuple[dict, Path, Path]:
+    """Every (group, format) not measured yet; saves after each group."""
+    c = recipe.calibration
     try:
         choices = choices_for(bench.model, list(formats or DEFAULT_FORMATS))
     except (ValueError, FileNotFoundError) as err:
@@ -156,7 +186,7 @@ def sensitivity(recipe_path, granularity: str = "block", formats=None, tokens: i
     scores = _load_previous(path, key)
     doc = {
         "kind": "qeval-sensitivity", "version": VERSION, "key": key,
-        "recipe": str(recipe_path), "recipe_name": name, "recipe_sha256": sha,
+        "recipe": str(bench.recipe_path), "recipe_name": name, "recipe_sha256": sha,
         "mode": recipe.mode, "granularity": granularity,
         "text": {**c.text_spec().model_dump(exclude_none=True), "tokens": int(bench.token_ids.numel()),
                  "window": c.seq_len, "note": "the recipe's calibration text"},
@@ -191,18 +221,7 @@ def sensitivity(recipe_path, granularity: str = "block", formats=None, tokens: i
             atomic_write_json(path, doc)
     finally:
         bar.close()
-        bench.spill.remove()
-        shutil.rmtree(root / ".work", ignore_errors=True)
-    doc["complete"] = True
-    doc["seconds"] = time.perf_counter() - t0
-    atomic_write_json(path, doc)
-    try:
-        from qeval.search.show import plot_sensitivity
-
-        plot_sensitivity(doc, folder / "sensitivity.png")
-    except ImportError:  # matplotlib missing: the JSON and the table still stand
-        pass
-    return path
+    return doc, folder, path
 
 
 def load_sensitivity(path) -> dict:
