@@ -380,12 +380,12 @@ def test_evaluate_runs_searched_policies_beside_the_recipes_own(tiny, tmp_path):
     finally:
         os.chdir(cwd)
     by = {p["name"]: p for p in results["policies"]}
-    assert list(by) == ["nvfp4-weight-only", "search-6bit", f"search-{bf16}"]
+    assert list(by) == ["nvfp4-weight-only", f"search-{bf16 / 2**20:.2f}MiB", "search-6bit"]
     for r in rows:
         e = by[r["name"]]
         assert e["weight_bytes"] == r["weight_bytes"] and e["metrics"]["kl_mean"] == r["measured_eval"]
         assert r["measured_calibration"]["kl_mean"] >= 0
-    six, full = rows
+    full, six = rows
     assert full["predicted_kl"] == 0 and full["measured_calibration"]["kl_mean"] == 0 and full["measured_eval"] == 0
     assert six["predicted_kl"] > 0 and six["measured_calibration"]["kl_mean"] > 0
     # the search's only evidence is the calibration text; the eval text is another text

@@ -40,7 +40,7 @@ def _budgets(req: SearchRequest, doc: dict) -> list[tuple[str, int, object]]:
             b = parse_bytes(text)
         except ValueError as err:
             raise SearchInputError(f"--max-bytes: {err}") from None
-        out.append((f"search-{text.strip().replace(' ', '')}", b, None))
+        out.append((f"search-{b / 2**20:.2f}MiB", b, None))
     for bits in req.bits:
         try:
             out.append((f"search-{bits:g}bit", budget_from_bits(doc, bits), None))
