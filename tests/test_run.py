@@ -16,6 +16,7 @@ import yaml
 
 from qeval.cli import main as cli_main
 from qeval.pipeline.runner import RunOptions, run_recipe
+from qeval.results.store import SCHEMA_VERSION
 
 WORDS = (
     "the a quantized model keeps most of its quality when scales are chosen well but four bit weights "
@@ -108,7 +109,7 @@ def test_run_writes_results_with_the_documented_shape(first_run):
     path, out = first_run
     res = json.loads(path.read_text())
     assert path == out / "results" / "tiny" / "r1" / "results.json"
-    assert res["schema_version"] == 1 and res["run_id"] == "r1" and res["recipe"]["name"] == "tiny"
+    assert res["schema_version"] == SCHEMA_VERSION == 2 and res["run_id"] == "r1" and res["recipe"]["name"] == "tiny"
     assert res["environment"]["seed"] == 0 and res["environment"]["device"] == "cpu"
     assert res["environment"]["model_devices"] == ["cpu"] and res["environment"]["world_size"] == 1
     base = res["baseline"]["metrics"]
@@ -123,16 +124,64 @@ def test_run_writes_results_with_the_documented_shape(first_run):
         assert p["weight_bytes_measured"] > 0 and set(p["timings"]) >= {"quantize_s", "eval_s"}
         assert p["gate"]["checks"] and isinstance(p["gate"]["passed"], bool)
         assert p["mode"] == "emulate"
+        # intervals around every text metric; per-window sums (one number per window) for paired comparisons
+        ci, win = m["ci"], m["windows"]
+        assert ci["confidence"] == 0.95 and ci["windows"] == len(win["tokens"]) > 1 and ci["stopped_by"] == "max_tokens"
+        assert sum(win["tokens"]) == 299 and len(win["nll"]) == len(win["kl_sum"]) == len(win["top1"]) == ci["windows"]
+        assert math.fsum(win["kl_sum"]) / 299 == pytest.approx(m["kl_mean"], rel=1e-12) and sum(win["top1"]) / 299 == m["top1_agreement"]
+        for key in ("perplexity", "kl_mean", "top1_agreement", "kl_p99"):
+            lo, hi = ci[key]
+            assert lo <= m[key] <= hi, key
+        assert win["key"] == base["windows"]["key"]  # the same tokens as the baseline: paired
     # 4-bit weights and activations lose more than FP8
     assert by["nvfp4"]["metrics"]["kl_mean"] > by["fp8-dynamic"]["metrics"]["kl_mean"] > 0
     assert by["nvfp4"]["weight_bytes"] < by["fp8-dynamic"]["weight_bytes"]
     assert not (path.parent / "spill").exists()  # baseline log-probs removed at the end
 
 
+def _without_clock(results: dict) -> str:
+    """results.json as text minus what may differ between identical runs: times, run id, paths."""
+    out = {k: v for k, v in results.items() if k not in ("environment", "run_id")}
+    out["baseline"] = {k: v for k, v in out["baseline"].items() if k != "timings"}
+    out["policies"] = [{k: v for k, v in p.items() if k != "timings"} for p in out["policies"]]
+    return json.dumps(out, sort_keys=True)
+
+
 def test_same_seed_same_numbers(workspace, tmp_path, first_run):
+    """Reproducibility: a second run of the same recipe on the same machine gives bit-identical
+    results.json numbers (metrics, intervals, the p99 bootstrap, per-window sums, gate verdicts)."""
     a = json.loads(first_run[0].read_text())
     b = json.loads(run_recipe(write_recipe(workspace), _opts(tmp_path, run_id="b")).read_text())
     assert numbers(a) == numbers(b)
+    assert _without_clock(a) == _without_clock(b)
+    assert a["policies"][0]["metrics"]["ci"]["kl_p99_bootstrap"]["levels"]  # the bootstrap is in what was compared
+
+
+def test_target_ci_stops_a_policy_early_and_says_so(workspace, tmp_path):
+    data = {"source": "file", "path": str(workspace / "eval.txt"), "max_tokens": 300}
+    loose = write_recipe(workspace, "target.yaml", policies=["nvfp4"], eval_data={**data, "target_ci": {"kl_mean": 10.0}})
+    res = json.loads(run_recipe(loose, _opts(tmp_path, run_id="loose")).read_text())
+    m, base = res["policies"][0]["metrics"], res["baseline"]["metrics"]
+    assert m["ci"]["stopped_by"] == "target_ci" and m["ci"]["target"] == {"kl_mean": 10.0}
+    assert m["ci"]["windows"] == 2 and m["tokens"] == sum(m["windows"]["tokens"]) < 299  # the first interval was narrow enough
+    assert base["perplexity_tokens"] == 299  # the baseline scores every window
+    assert m["windows"]["tokens"] == base["windows"]["tokens"][:2]  # a prefix: still paired with the baseline
+    tight = write_recipe(workspace, "target2.yaml", policies=["nvfp4"], eval_data={**data, "target_ci": {"kl_mean": 1e-9}})
+    m = json.loads(run_recipe(tight, _opts(tmp_path, run_id="tight")).read_text())["policies"][0]["metrics"]
+    assert m["ci"]["stopped_by"] == "max_tokens" and m["tokens"] == 299
+    bad = write_recipe(workspace, "target3.yaml", eval_data={**data, "target_ci": {"kl_p50": 0.1}})
+    assert _cli(bad, "--results-dir", tmp_path / "r") == 2
+
+
+def test_target_ci_is_refused_under_several_processes(workspace, monkeypatch):
+    from qeval.evaluate import distributed
+    from qeval.pipeline.recipe import load_recipe
+
+    recipe, _ = load_recipe(write_recipe(workspace, "t4.yaml", eval_data={
+        "source": "file", "path": str(workspace / "eval.txt"), "target_ci": {"kl_mean": 0.01}}))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(distributed.DistributedSetupError, match="target_ci"):
+        distributed.setup(recipe)
 
 
 class Killed(Exception):

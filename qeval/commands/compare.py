@@ -6,7 +6,14 @@ first. Columns default to every metric that has a value; pick them with
 --metrics (keys: weight_bytes, savings_vs_bf16, perplexity,
 perplexity_increase_pct, kl_mean, kl_p99, top1_agreement,
 embedding_cosine_mean, embedding_cosine_min, similarity_spearman, quantize_s,
-eval_s, gate, tasks, task:<name>).
+eval_s, gate, tasks, task:<name>). Perplexity, KL and top-1 show ± half
+their confidence interval.
+
+Then every pair of policies scored on the same tokens (the same text and
+windows, also across runs) gets its paired difference a - b per metric, with
+the paired interval and whether it is significant: paired differences cancel
+the text's own variation, so they are often significant where the separate
+intervals overlap. Needs results of schema 2 (older runs show no pairs).
 """
 
 from __future__ import annotations
@@ -25,12 +32,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("results", nargs="+", metavar="RESULTS", help="results.json file(s) or run directories")
     parser.add_argument("--metrics", nargs="+", metavar="KEY", help="columns to show, in this order")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table instead of a terminal table")
+    parser.add_argument("--confidence", type=float, default=0.95, metavar="C",
+                        help="two-sided confidence of the paired intervals (default 0.95)")
 
 
 def run(args) -> int:
+    from qeval.results.intervals import paired_table
     from qeval.results.report import markdown_table, rich_table, select_columns, table_rows
+    from qeval.results.schema import run_label
     from qeval.results.store import ResultsError, load_results
 
+    if not 0 < args.confidence < 1:
+        print(f"qeval compare: error: --confidence must be between 0 and 1, got {args.confidence}", file=sys.stderr)
+        return 2
     try:
         runs = [load_results(item) for item in args.results]
         columns = select_columns(runs, args.metrics)
@@ -38,10 +52,18 @@ def run(args) -> int:
         print(f"qeval compare: error: {err}", file=sys.stderr)
         return 2
     headers, rows = table_rows(runs, columns, label_runs=len(runs) > 1)
+    named = [((f"{run_label(r)}:" if len(runs) > 1 else "") + str(p.get("name")), p)
+             for r in runs for p in r.get("policies") or []]
+    pair_headers, pairs = paired_table(named, args.confidence)
     if args.markdown:
         print(markdown_table(headers, rows))
+        if pairs:
+            print("\nPaired differences (a - b on the same tokens):\n")
+            print(markdown_table(pair_headers, pairs))
     else:
         from qeval.console import print_wide
 
         print_wide(rich_table(headers, rows, title="qeval compare"))
+        if pairs:
+            print_wide(rich_table(pair_headers, pairs, title="paired differences (a - b on the same tokens)"))
     return 0

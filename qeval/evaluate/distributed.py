@@ -36,6 +36,11 @@ def setup(recipe) -> tuple[Shard, object]:
             "model.device_map spreads one model over all GPUs in one process; under accelerate launch "
             "each process holds a whole model: drop device_map, or run without accelerate launch"
         )
+    if recipe.eval_data is not None and recipe.eval_data.target_ci:
+        raise DistributedSetupError(
+            "eval_data.target_ci decides after each window whether to go on, which needs one process: "
+            "drop target_ci, or run without accelerate launch"
+        )
     import torch.distributed as dist
 
     local = int(os.environ.get("LOCAL_RANK", "0"))

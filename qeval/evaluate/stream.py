@@ -9,11 +9,15 @@ number whatever the number of processes.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
+
+from qeval.uncertainty import bootstrap_interval, bootstrap_quantile, bootstrap_summary, exp_interval, ratio_estimate
 
 from .divergence import BaselineSpill, kl_rows, percentile, top1_matches
 from .perplexity import Window, log_softmax_rows, nll_sum, window_logits
@@ -77,6 +81,10 @@ def lm_pass(
     chunk: int = 256,
     desc: str = "eval",
     progress: bool = True,
+    confidence: float = 0.95,
+    replicates: int = 1000,
+    seed: int = 0,
+    stop: Callable[[list[WindowStats]], bool] | None = None,
 ) -> dict:
     """Evaluate ``model`` on this process's windows and return the gathered metrics.
 
@@ -84,19 +92,37 @@ def lm_pass(
         baseline: True for the unquantized model (writes the spill; no KL), False
             for a policy (reads the spill; computes KL and top-1 against it).
         chunk: rows per step of log-softmax and KL (bounds scratch memory).
+        confidence, replicates, seed: of the intervals (``qeval.uncertainty``); the
+            p99 bootstrap draws ``replicates`` resamples seeded with ``seed``.
+        stop: called with the windows done so far (in order, one process only);
+            True ends the pass early (a target precision is reached).
 
     Returns:
         ``perplexity``, ``perplexity_tokens``; and for a policy also ``kl_mean``,
-        ``kl_p99``, ``top1_agreement`` and ``tokens`` (positions compared).
+        ``kl_p99``, ``top1_agreement`` and ``tokens`` (positions compared); ``ci``
+        (intervals) and ``windows`` (per-window sums, for paired comparisons).
     """
+    if stop is not None and shard.world > 1:
+        raise ValueError("stopping at a target precision needs one process (windows are split across processes)")
     local = local_pass(model, token_ids, windows, spill, baseline=baseline, device=device, shard=shard,
-                       chunk=chunk, desc=desc, progress=progress)
-    return summarize(gather_stats(local, shard), with_kl=not baseline)
+                       chunk=chunk, desc=desc, progress=progress, stop=stop)
+    stats = gather_stats(local, shard)
+    out = summarize(stats, with_kl=not baseline, confidence=confidence, replicates=replicates, seed=seed)
+    out["windows"]["key"] = windows_key(token_ids, windows)
+    out["ci"]["stopped_by"] = "target_ci" if len(stats) < len(windows) else "max_tokens"
+    return out
+
+
+def windows_key(token_ids: torch.Tensor, windows: list[Window]) -> str:
+    """sha256 of the token ids and the window layout: equal keys mean the same tokens in the same windows."""
+    h = hashlib.sha256(token_ids.detach().cpu().to(torch.int64).numpy().tobytes())
+    h.update(np.asarray([[w.begin, w.end, w.first_target, w.stop_target] for w in windows], dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
 @torch.no_grad()
 def local_pass(model, token_ids, windows, spill, *, baseline, device=None, shard=Shard(), chunk=256,
-               desc="eval", progress=True) -> list[WindowStats]:
+               desc="eval", progress=True, stop=None) -> list[WindowStats]:
     """This process's share of ``lm_pass``: stats of its windows, not gathered."""
     mine = shard.take(windows)
     rows = {w.index: w.n_targets for w in mine}
@@ -122,6 +148,8 @@ def local_pass(model, token_ids, windows, spill, *, baseline, device=None, shard
             stats.top1 = top1_matches(logp, logq)
             stats.kl_values = kl.cpu().numpy()
         local.append(stats)
+        if stop is not None and stop(local):
+            break
     if baseline:
         if not opened:  # a process with no windows still leaves a valid (empty) spill
             spill.open_write({}, 1)
@@ -135,12 +163,35 @@ def _exp(x: float) -> float:
     return math.exp(x) if x < 709.0 else math.inf  # a broken policy overflows, it does not crash the run
 
 
-def summarize(stats: list[WindowStats], with_kl: bool) -> dict:
-    """Add up window stats in window order (float64), the same on any number of processes."""
+def _interval(lo: float, hi: float) -> list[float] | None:
+    return None if math.isnan(lo) or math.isnan(hi) else [lo, hi]  # None: fewer than 2 windows
+
+
+def summarize(stats: list[WindowStats], with_kl: bool, confidence: float = 0.95, replicates: int = 1000,
+              seed: int = 0) -> dict:
+    """Add up window stats in window order (float64), the same on any number of processes.
+
+    Besides the metrics: ``windows`` (per-window token counts and sums: what
+    paired comparisons and the gate's bounds are computed from) and ``ci``
+    (intervals at ``confidence``, method in ``qeval.uncertainty``).
+    """
     n = sum(s.n for s in stats)
     nll = math.fsum(s.nll for s in stats)
     out = {"perplexity": _exp(nll / n) if n else math.nan, "perplexity_tokens": n}
+    counts = [s.n for s in stats]
+    per_window = {"tokens": counts, "nll": [s.nll for s in stats]}
+    ci: dict = {"confidence": confidence, "windows": len(stats),
+                "perplexity": _interval(*exp_interval(*ratio_estimate(per_window["nll"], counts).interval(confidence)))}
+    out["windows"], out["ci"] = per_window, ci
     if with_kl:
+        per_window["kl_sum"] = [s.kl_sum for s in stats]
+        per_window["top1"] = [s.top1 for s in stats]
+        ci["kl_mean"] = _interval(*ratio_estimate(per_window["kl_sum"], counts).interval(confidence))
+        ci["top1_agreement"] = _interval(*ratio_estimate(per_window["top1"], counts).interval(confidence))
+        reps = bootstrap_quantile([s.kl_values for s in stats], 99.0, replicates, seed) if len(stats) > 1 else []
+        boot = bootstrap_summary(np.asarray(reps))
+        ci["kl_p99"] = _interval(*bootstrap_interval(boot, confidence)) if boot else None
+        ci["kl_p99_bootstrap"] = {"replicates": replicates, "seed": seed, "levels": boot}
         kl_values = np.concatenate([s.kl_values for s in stats]) if stats else np.zeros(0, np.float32)
         out.update(
             {

@@ -13,12 +13,13 @@ from pathlib import Path
 from qeval.evaluate.divergence import BaselineSpill
 from qeval.evaluate.stream import Shard, lm_pass
 from qeval.pipeline.weights import measured_weight_bytes
+from qeval.uncertainty import exp_interval, ratio_estimate
 
 EMPTY_METRICS = {
     "perplexity": None, "perplexity_tokens": None, "kl_mean": None, "kl_p99": None,
     "top1_agreement": None, "tokens": None, "tasks": {},
     "embedding_cosine_mean": None, "embedding_cosine_min": None, "similarity_spearman": None,
-}
+}  # a text pass adds "ci" (intervals) and "windows" (per-window sums): see qeval.results.schema
 
 
 def spill_for(run_path: Path, rundir, shard: Shard, ctx) -> BaselineSpill:
@@ -33,18 +34,50 @@ def spill_for(run_path: Path, rundir, shard: Shard, ctx) -> BaselineSpill:
     return BaselineSpill(Path(run_path) / "spill" / f"baseline_logp.rank{shard.rank}.npy", key)
 
 
+def _target_stop(recipe, baseline: bool):
+    """The early stop of ``eval_data.target_ci`` (policies only: the baseline scores every window)."""
+    targets = recipe.eval_data.target_ci if recipe.eval_data is not None else None
+    if baseline or not targets:
+        return None
+    confidence = recipe.metrics.confidence
+    field = {"perplexity": "nll", "kl_mean": "kl_sum", "top1_agreement": "top1"}
+
+    def stop(stats) -> bool:
+        counts = [s.n for s in stats]
+        for metric, width in targets.items():
+            est = ratio_estimate([getattr(s, field[metric]) for s in stats], counts)
+            lo, hi = est.interval(confidence)
+            if metric == "perplexity":
+                lo, hi = exp_interval(lo, hi)
+            if not (hi - lo) / 2 <= width:  # NaN (one window) is not narrow enough
+                return False
+        return True
+
+    return stop
+
+
 def _lm_metrics(recipe, ctx, spill, shard, options, baseline: bool, desc: str) -> dict:
     out = lm_pass(
         ctx.model, ctx.token_ids, ctx.windows, spill, baseline=baseline, device=ctx.device,
         shard=shard, chunk=recipe.metrics.chunk, desc=desc, progress=options.progress,
+        confidence=recipe.metrics.confidence, replicates=recipe.metrics.bootstrap, seed=recipe.seed,
+        stop=_target_stop(recipe, baseline),
     )
+    if recipe.eval_data is not None and recipe.eval_data.target_ci:
+        out["ci"]["target"] = dict(recipe.eval_data.target_ci)
+    drop = []
     if recipe.metrics.perplexity is None:
         out["perplexity"] = out["perplexity_tokens"] = None
+        drop += ["perplexity", "nll"]
     if not recipe.metrics.kl:
-        out.pop("kl_mean", None)
-        out.pop("kl_p99", None)
+        drop += ["kl_mean", "kl_p99", "kl_p99_bootstrap", "kl_sum"]
     if not recipe.metrics.top1:
-        out.pop("top1_agreement", None)
+        drop += ["top1_agreement", "top1"]
+    for key in drop:
+        out["ci"].pop(key, None)
+        out["windows"].pop(key, None)
+        if key in ("kl_mean", "kl_p99", "top1_agreement"):
+            out.pop(key, None)
     return out
 
 

@@ -37,6 +37,17 @@ class TextSource(TextSpec):
     ``gensim-lee``, or ``file`` with ``path``) and how many tokens of it to use."""
 
     max_tokens: int = Field(4096, gt=1)
+    # stop a policy's pass once each named interval's half-width is this small (else at max_tokens),
+    # e.g. {kl_mean: 0.005}; the baseline always scores every window (policies are compared against it)
+    target_ci: dict[Literal["perplexity", "kl_mean", "top1_agreement"], float] | None = None
+
+    @field_validator("target_ci")
+    @classmethod
+    def _positive(cls, v):
+        for key, width in (v or {}).items():
+            if not width > 0:
+                raise ValueError(f"target_ci.{key} is a half-width and must be > 0, got {width}")
+        return v
 
     def text_spec(self) -> TextSpec:
         return TextSpec.model_validate(self.model_dump(include=set(TextSpec.model_fields)))
@@ -68,6 +79,8 @@ class Metrics(_Strict):
     kl: bool = True  # KL(base || quant) mean and p99 over the same positions
     top1: bool = True
     chunk: int = Field(256, ge=1)  # positions per step of log-softmax / KL (scratch memory)
+    confidence: float = Field(0.95, ge=0.5, lt=1)  # of the intervals stored and shown (the gate has its own)
+    bootstrap: int = Field(1000, ge=10)  # resamples of windows for the KL p99 interval (seeded with the recipe seed)
 
 
 class TaskSpec(_Strict):

@@ -8,12 +8,16 @@ A gate file (``configs/gates/<name>.yaml`` or a recipe's ``gate:``)::
     min_top1_agreement: 0.9
     min_task_recovery: 95             # percent, or {default: 95, social_iqa: 90}
     min_embedding_cosine: 0.99        # compared with embedding_cosine_mean
-    confidence: 0.95                  # task gates: one-sided confidence of a failure
+    confidence: 0.95                  # one-sided confidence of a failure (text metrics and tasks)
     policies: all                     # or a list of policy names
 
 Values are compared unrounded. A metric measured nowhere in the run (perplexity
 of an encoder) is skipped; one that the baseline or another policy has but a
 policy lacks fails.
+
+KL, top-1 and the perplexity increase (paired with the baseline) use one-sided
+bounds at ``confidence`` from the per-window sums (``intervals.judge``): they
+fail "significantly" or pass "within noise", bounds in the detail and JUnit.
 
 Task gates use the stderr. With recovery threshold ``r`` the allowed accuracy
 drop is ``d = base_acc * (1 - r/100)``; the observed drop is
@@ -36,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from qeval.files import read_yaml
 from qeval.paths import CONFIGS
+from qeval.results import intervals
 
 GATES_DIR = CONFIGS / "gates"
 
@@ -168,22 +173,38 @@ def _compare(name, metric, op, threshold, value) -> dict:
             "detail": f"{word}: {metric} {value:.6g} {op} {threshold:g} required (margin {margin:+.4g})"}
 
 
+def _bound_check(name, metric, op, threshold, value, bounds, confidence, what=None) -> dict:
+    check = {**_compare(name, metric, op, threshold, value), "confidence": confidence}
+    if not math.isfinite(value):
+        return check
+    if bounds is None:
+        check["detail"] += "; no interval stored (older results or one window), point estimate only"
+        return check
+    passed, verdict = intervals.judge(value, bounds, op, threshold)
+    check.update(passed=passed, interval=list(bounds), detail=(
+        f"{verdict}: {what or metric} {value:.6g} {op} {threshold:g} required, "
+        f"{confidence:g} one-sided bounds [{bounds[0]:.4g}, {bounds[1]:.4g}]"))
+    if verdict == "passes within noise":
+        check["within_noise"] = True
+    return check
+
+
 def _simple_checks(gate: Gate, metrics: dict, measured: set[str]) -> list[dict]:
     checks = []
-    for key, metric, op in (
-        ("max_kl_mean", "kl_mean", "<="),
-        ("max_kl_p99", "kl_p99", "<="),
-        ("min_top1_agreement", "top1_agreement", ">="),
-        ("min_embedding_cosine", "embedding_cosine_mean", ">="),
-    ):
+    for key, metric, op in (("max_kl_mean", "kl_mean", "<="), ("max_kl_p99", "kl_p99", "<="),
+                            ("min_top1_agreement", "top1_agreement", ">="),
+                            ("min_embedding_cosine", "embedding_cosine_mean", ">=")):
         threshold = getattr(gate, key)
         if threshold is None:
             continue
         value = _num(metrics.get(metric))
         if value is None:
             checks.append(_missing_check(key, metric, op, threshold, metric in measured, metric))
-        else:
+        elif metric == "embedding_cosine_mean":
             checks.append(_compare(key, metric, op, threshold, value))
+        else:
+            b = intervals.bounds(metrics, metric, gate.confidence)
+            checks.append(_bound_check(key, metric, op, threshold, value, b, gate.confidence))
     return checks
 
 
@@ -199,10 +220,15 @@ def _perplexity_check(gate: Gate, metrics: dict, base: dict, measured: set[str])
     if not base_ppl > 0:
         return [{"name": name, "metric": metric, "op": "<=", "threshold": threshold, "value": None,
                  "passed": False, "detail": f"baseline perplexity {base_ppl} is not a positive number"}]
-    value = (ppl - base_ppl) / base_ppl * 100 if math.isfinite(ppl) else math.inf
-    check = _compare(name, metric, "<=", threshold, value)
+    diff = intervals.paired_difference(metrics, base, "perplexity", 2 * gate.confidence - 1)  # one-sided bounds
+    if diff is not None and math.isfinite(ppl):
+        value, b = diff.value, (diff.lo, diff.hi)
+    else:
+        value, b = ((ppl - base_ppl) / base_ppl * 100 if math.isfinite(ppl) else math.inf), None
+    check = _bound_check(name, metric, "<=", threshold, value, b, gate.confidence, what="perplexity increase %")
     if math.isfinite(value):
-        check["detail"] += f"; perplexity {ppl:.4g} vs baseline {base_ppl:.4g}"
+        paired = f" (paired over {diff.windows} windows)" if diff is not None else ""
+        check["detail"] += f"; perplexity {ppl:.4g} vs baseline {base_ppl:.4g}{paired}"
     return [check]
 
 

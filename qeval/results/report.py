@@ -23,6 +23,7 @@ from typing import Any, Callable
 from qeval.console import as_number as _num
 from qeval.console import print_wide
 from qeval.files import atomic_write_bytes
+from qeval.results import intervals
 from qeval.results.schema import run_label
 
 # ---------------------------------------------------------------------------
@@ -72,11 +73,44 @@ def _metric(key: str) -> Callable[[dict, dict], Any]:
     return lambda entry, base: (entry.get("metrics") or {}).get(key)
 
 
-def _ppl_increase(entry: dict, base: dict) -> float | None:
+def _confidence(entry: dict) -> float:
+    return _num(((entry.get("metrics") or {}).get("ci") or {}).get("confidence")) or 0.95
+
+
+def _with_ci(key: str) -> Callable[[dict, dict], Any]:
+    """(value, half of its stored interval or None): shown as "23.70 ± 0.40"."""
+
+    def get(entry: dict, base: dict):
+        m = entry.get("metrics") or {}
+        if _num(m.get(key)) is None:
+            return None
+        ci = intervals.interval(m, key, _confidence(entry))
+        return m[key], (None if ci is None else (ci[1] - ci[0]) / 2)
+
+    return get
+
+
+def _ppl_increase(entry: dict, base: dict):
     ppl, b = _num((entry.get("metrics") or {}).get("perplexity")), _num(base.get("perplexity"))
     if ppl is None or b is None or b <= 0 or entry.get("name") == "baseline":
         return None
-    return (ppl - b) / b * 100
+    diff = intervals.paired_difference(entry.get("metrics") or {}, base, "perplexity", _confidence(entry))
+    if diff is None or not math.isfinite(ppl):
+        return (ppl - b) / b * 100, None
+    return diff.value, (diff.hi - diff.lo) / 2  # paired with the baseline: much narrower than either interval
+
+
+def _fmt_ci(spec: str, half_spec: str) -> Callable[[Any], str]:
+    def fmt(x: Any) -> str:
+        if x is None:
+            return "-"
+        value, half = x
+        text = _fmt(value, spec)
+        if half is not None and math.isfinite(half) and math.isfinite(value):
+            text += f" ± {format(half, half_spec)}"
+        return text
+
+    return fmt
 
 
 def _gate(entry: dict, base: dict) -> str | None:
@@ -92,11 +126,11 @@ def _gate(entry: dict, base: dict) -> str | None:
 _COLUMNS = [
     Column("weight_bytes", "weights", lambda e, b: e.get("weight_bytes"), format_bytes),
     Column("savings_vs_bf16", "saved", lambda e, b: e.get("savings_vs_bf16"), _pct, baseline=False),
-    Column("perplexity", "ppl", _metric("perplexity"), lambda v: _fmt(v, ".2f")),
-    Column("perplexity_increase_pct", "ppl +%", _ppl_increase, lambda v: _fmt(v, "+.2f"), baseline=False),
-    Column("kl_mean", "KL mean", _metric("kl_mean"), _fmt, baseline=False),
-    Column("kl_p99", "KL p99", _metric("kl_p99"), _fmt, baseline=False),
-    Column("top1_agreement", "top-1", _metric("top1_agreement"), lambda v: _fmt(v, ".3f"), baseline=False),
+    Column("perplexity", "ppl", _with_ci("perplexity"), _fmt_ci(".2f", ".2f")),
+    Column("perplexity_increase_pct", "ppl +%", _ppl_increase, _fmt_ci("+.2f", ".2f"), baseline=False),
+    Column("kl_mean", "KL mean", _with_ci("kl_mean"), _fmt_ci(".4g", ".2g"), baseline=False),
+    Column("kl_p99", "KL p99", _with_ci("kl_p99"), _fmt_ci(".4g", ".2g"), baseline=False),
+    Column("top1_agreement", "top-1", _with_ci("top1_agreement"), _fmt_ci(".3f", ".3f"), baseline=False),
     Column("embedding_cosine_mean", "cos mean", _metric("embedding_cosine_mean"), lambda v: _fmt(v, ".5f"), baseline=False),
     Column("embedding_cosine_min", "cos min", _metric("embedding_cosine_min"), lambda v: _fmt(v, ".5f"), baseline=False),
     Column("similarity_spearman", "spearman", _metric("similarity_spearman"), lambda v: _fmt(v, ".4f")),
@@ -306,9 +340,11 @@ def report_markdown(results: dict, plot_name: str | None = "pareto.png") -> str:
     lines += [markdown_table(headers, rows), ""]
     lines.append(
         "KL is KL(baseline || policy) per token over the full vocabulary (nats); task cells are "
-        "accuracy±stderr (recovery vs baseline)."
+        "accuracy±stderr (recovery vs baseline). ± is half the confidence interval, with the "
+        "evaluation window as the sampling unit (ppl +%: paired with the baseline on the same windows)."
     )
     lines.append("")
+    lines += intervals.ranking_lines(results)
     lines += _gate_section(results)
     if plot_name:
         lines += ["## Size vs quality", "", f"![Pareto plot]({plot_name})", ""]

@@ -21,6 +21,34 @@ class TaskMetrics(TypedDict, total=False):
     n: int  # examples evaluated
 
 
+class Intervals(TypedDict, total=False):
+    """Confidence intervals of the text metrics (schema 2; ``qeval.uncertainty`` has the method).
+
+    Each interval is ``[lo, hi]`` at ``confidence`` (two-sided), or None with fewer than 2 windows.
+    """
+
+    confidence: float  # the recipe's metrics.confidence (0.95 by default)
+    windows: int  # windows evaluated: the sampling unit (tokens in a window are correlated)
+    perplexity: list[float] | None  # exp of the t interval on the mean NLL (asymmetric)
+    kl_mean: list[float] | None  # ratio estimator over windows, Student t with windows-1 df
+    top1_agreement: list[float] | None
+    kl_p99: list[float] | None  # percentile interval of a bootstrap over windows
+    kl_p99_bootstrap: dict[str, Any]  # {"replicates", "seed", "levels": {"0.025": q, ...}}: the gate reads bounds here
+    stopped_by: Literal["max_tokens", "target_ci"]  # what ended the pass (eval_data.target_ci)
+    target: dict[str, float]  # eval_data.target_ci when the recipe set one
+
+
+class WindowSums(TypedDict, total=False):
+    """Per-window sums, one number per window and metric (schema 2): what paired comparisons,
+    the gate's bounds at any confidence and ``qeval compare`` are computed from."""
+
+    key: str  # sha256 of the token ids and window layout: equal keys = the same tokens
+    tokens: list[int]  # tokens scored in each window
+    nll: list[float]  # sum of -log p(target) (nats)
+    kl_sum: list[float]  # sum of per-token KL (absent in the baseline)
+    top1: list[int]  # positions with the baseline's argmax (absent in the baseline)
+
+
 class Metrics(TypedDict, total=False):
     perplexity: float | None  # sliding-window perplexity (decoders only)
     perplexity_tokens: int  # tokens scored for the perplexity
@@ -32,6 +60,8 @@ class Metrics(TypedDict, total=False):
     embedding_cosine_mean: float | None  # encoders: cosine to the baseline's embeddings
     embedding_cosine_min: float | None
     similarity_spearman: float | None  # encoders: ranking score on a similarity benchmark
+    ci: Intervals  # schema 2: intervals of the text metrics
+    windows: WindowSums  # schema 2: per-window sums
 
 
 class GateCheck(TypedDict, total=False):
@@ -42,7 +72,10 @@ class GateCheck(TypedDict, total=False):
     value: float | None  # the unrounded measured value (None when not measured)
     passed: bool
     skipped: bool  # True when the metric does not apply to this model (absent in the baseline too)
-    detail: str  # one line for people: value, threshold, margin, and for tasks "significantly"/"within noise"
+    detail: str  # one line for people: value, threshold, margin, "significantly"/"within noise", bounds
+    confidence: float  # the gate's one-sided confidence (checks that use an interval or stderr)
+    interval: list[float]  # text metrics: [lower, upper] one-sided bounds at ``confidence``
+    within_noise: bool  # True when the point estimate is beyond the threshold but noise explains it
 
 
 class GateVerdict(TypedDict):

@@ -37,7 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: metrics.ci (intervals) and metrics.windows (per-window sums)
+READABLE_VERSIONS = (1, 2)  # version 1 files read as before, without intervals
 RUN_ID_FORMAT = "%Y%m%d-%H%M%S"
 BASELINE = "baseline"
 
@@ -94,8 +95,9 @@ def validate_results(data: Any, where: str | os.PathLike) -> Results:
     if not isinstance(data, dict):
         raise ResultsError(f"{where}: not a qeval results file (top level is {type(data).__name__}, expected an object)")
     version = data.get("schema_version")
-    if version is not None and version != SCHEMA_VERSION:
-        raise ResultsError(f"{where}: schema_version {version!r} is not supported (this qeval reads {SCHEMA_VERSION})")
+    if version is not None and version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
+        raise ResultsError(f"{where}: schema_version {version!r} is not supported (this qeval reads {readable})")
     policies = data.get("policies")
     if not isinstance(policies, list):
         raise ResultsError(f"{where}: field 'policies' is missing or not a list; is this a qeval results.json?")
