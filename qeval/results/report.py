@@ -67,6 +67,13 @@ class Column:
     get: Callable[[dict, dict], Any]  # (entry, baseline metrics) -> raw value
     fmt: Callable[[Any], str]
     baseline: bool = True  # meaningful for the baseline row
+    spread: Callable[[dict, dict], float | None] | None = None  # half the interval, shown as "± x"
+    spread_fmt: str = ".2g"
+
+    def cell(self, entry: dict, base: dict) -> str:
+        text = self.fmt(self.get(entry, base))
+        half = self.spread(entry, base) if self.spread is not None and text != "-" else None
+        return text if half is None or not math.isfinite(half) else f"{text} ± {format(half, self.spread_fmt)}"
 
 
 def _metric(key: str) -> Callable[[dict, dict], Any]:
@@ -77,40 +84,33 @@ def _confidence(entry: dict) -> float:
     return _num(((entry.get("metrics") or {}).get("ci") or {}).get("confidence")) or 0.95
 
 
-def _with_ci(key: str) -> Callable[[dict, dict], Any]:
-    """(value, half of its stored interval or None): shown as "23.70 ± 0.40"."""
+def _half(key: str) -> Callable[[dict, dict], float | None]:
+    """Half the stored-confidence interval of ``key`` (None without one: schema 1, one window)."""
 
     def get(entry: dict, base: dict):
-        m = entry.get("metrics") or {}
-        if _num(m.get(key)) is None:
-            return None
-        ci = intervals.interval(m, key, _confidence(entry))
-        return m[key], (None if ci is None else (ci[1] - ci[0]) / 2)
+        ci = intervals.interval(entry.get("metrics") or {}, key, _confidence(entry))
+        return None if ci is None else (ci[1] - ci[0]) / 2
 
     return get
 
 
-def _ppl_increase(entry: dict, base: dict):
+def _paired_ppl(entry: dict, base: dict):
+    if entry.get("name") == "baseline":
+        return None
+    return intervals.paired_difference(entry.get("metrics") or {}, base, "perplexity", _confidence(entry))
+
+
+def _ppl_increase(entry: dict, base: dict) -> float | None:
     ppl, b = _num((entry.get("metrics") or {}).get("perplexity")), _num(base.get("perplexity"))
     if ppl is None or b is None or b <= 0 or entry.get("name") == "baseline":
         return None
-    diff = intervals.paired_difference(entry.get("metrics") or {}, base, "perplexity", _confidence(entry))
-    if diff is None or not math.isfinite(ppl):
-        return (ppl - b) / b * 100, None
-    return diff.value, (diff.hi - diff.lo) / 2  # paired with the baseline: much narrower than either interval
+    diff = _paired_ppl(entry, base)  # on the windows both scored (a target_ci run may stop early)
+    return diff.value if diff is not None and math.isfinite(ppl) else (ppl - b) / b * 100
 
 
-def _fmt_ci(spec: str, half_spec: str) -> Callable[[Any], str]:
-    def fmt(x: Any) -> str:
-        if x is None:
-            return "-"
-        value, half = x
-        text = _fmt(value, spec)
-        if half is not None and math.isfinite(half) and math.isfinite(value):
-            text += f" ± {format(half, half_spec)}"
-        return text
-
-    return fmt
+def _ppl_increase_half(entry: dict, base: dict) -> float | None:
+    diff = _paired_ppl(entry, base)  # paired with the baseline: much narrower than either interval
+    return None if diff is None else (diff.hi - diff.lo) / 2
 
 
 def _gate(entry: dict, base: dict) -> str | None:
@@ -126,11 +126,13 @@ def _gate(entry: dict, base: dict) -> str | None:
 _COLUMNS = [
     Column("weight_bytes", "weights", lambda e, b: e.get("weight_bytes"), format_bytes),
     Column("savings_vs_bf16", "saved", lambda e, b: e.get("savings_vs_bf16"), _pct, baseline=False),
-    Column("perplexity", "ppl", _with_ci("perplexity"), _fmt_ci(".2f", ".2f")),
-    Column("perplexity_increase_pct", "ppl +%", _ppl_increase, _fmt_ci("+.2f", ".2f"), baseline=False),
-    Column("kl_mean", "KL mean", _with_ci("kl_mean"), _fmt_ci(".4g", ".2g"), baseline=False),
-    Column("kl_p99", "KL p99", _with_ci("kl_p99"), _fmt_ci(".4g", ".2g"), baseline=False),
-    Column("top1_agreement", "top-1", _with_ci("top1_agreement"), _fmt_ci(".3f", ".3f"), baseline=False),
+    Column("perplexity", "ppl", _metric("perplexity"), lambda v: _fmt(v, ".2f"), spread=_half("perplexity"), spread_fmt=".2f"),
+    Column("perplexity_increase_pct", "ppl +%", _ppl_increase, lambda v: _fmt(v, "+.2f"), baseline=False,
+           spread=_ppl_increase_half, spread_fmt=".2f"),
+    Column("kl_mean", "KL mean", _metric("kl_mean"), _fmt, baseline=False, spread=_half("kl_mean")),
+    Column("kl_p99", "KL p99", _metric("kl_p99"), _fmt, baseline=False, spread=_half("kl_p99")),
+    Column("top1_agreement", "top-1", _metric("top1_agreement"), lambda v: _fmt(v, ".3f"), baseline=False,
+           spread=_half("top1_agreement"), spread_fmt=".3f"),
     Column("embedding_cosine_mean", "cos mean", _metric("embedding_cosine_mean"), lambda v: _fmt(v, ".5f"), baseline=False),
     Column("embedding_cosine_min", "cos min", _metric("embedding_cosine_min"), lambda v: _fmt(v, ".5f"), baseline=False),
     Column("similarity_spearman", "spearman", _metric("similarity_spearman"), lambda v: _fmt(v, ".4f")),
@@ -216,7 +218,7 @@ def table_rows(results_list: list[dict], columns: list[Column], label_runs: bool
         label = run_label(results)
         for entry in _entries(results):
             is_base = entry.get("name") == "baseline"
-            cells = [("-" if is_base and not c.baseline else c.fmt(c.get(entry, base))) for c in columns]
+            cells = [("-" if is_base and not c.baseline else c.cell(entry, base)) for c in columns]
             rows.append(([label] if label_runs else []) + [str(entry.get("name", "?"))] + cells)
     return headers, rows
 
