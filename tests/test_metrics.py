@@ -163,7 +163,7 @@ def test_sharded_windows_sum_to_the_single_process_numbers(tmp_path):
         spill = BaselineSpill(tmp_path / f"r{rank}.npy", {})
         local_pass(base, ids, windows, spill, baseline=True, shard=shard, progress=False)
         stats += local_pass(quant, ids, windows, spill, baseline=False, shard=shard, progress=False)
-    merged = summarize(gather_stats(stats, Shard()), with_kl=True)
+    merged = summarize(gather_stats(stats, Shard()), with_kl=True, replicates=1000)
     assert single["windows"].pop("key") and single["ci"].pop("stopped_by") == "max_tokens"  # added by lm_pass
     assert merged == single  # exactly (intervals and p99 bootstrap too): per-window sums added in window order
 

@@ -167,13 +167,15 @@ def _interval(lo: float, hi: float) -> list[float] | None:
     return None if math.isnan(lo) or math.isnan(hi) else [lo, hi]  # None: fewer than 2 windows
 
 
-def summarize(stats: list[WindowStats], with_kl: bool, confidence: float = 0.95, replicates: int = 1000,
+def summarize(stats: list[WindowStats], with_kl: bool, confidence: float = 0.95, replicates: int = 0,
               seed: int = 0) -> dict:
     """Add up window stats in window order (float64), the same on any number of processes.
 
     Besides the metrics: ``windows`` (per-window token counts and sums: what
     paired comparisons and the gate's bounds are computed from) and ``ci``
-    (intervals at ``confidence``, method in ``qeval.uncertainty``).
+    (intervals at ``confidence``, method in ``qeval.uncertainty``). The KL p99
+    interval needs ``replicates`` bootstrap resamples (0: none, for callers
+    that summarize many times, like ``qeval search``; ``lm_pass`` asks for 1000).
     """
     n = sum(s.n for s in stats)
     nll = math.fsum(s.nll for s in stats)
