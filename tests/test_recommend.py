@@ -123,13 +123,17 @@ def test_memory_breakdown_adds_up():
     r = rec("llama-3.1-70b", "fp8-dynamic", context=4096, batch=4)
     for o in r["options"]:
         assert o["need_bytes"] == o["weights_bytes"] + o["kv_cache_bytes"] + o["activation_bytes"] + o["overhead_bytes"]
-        assert o["headroom_bytes"] == o["usable_bytes"] - o["need_bytes"]
-        assert o["fits"] == (o["need_bytes"] <= o["usable_bytes"])
+        assert o["headroom_bytes"] == o["kv_budget_bytes"] - o["kv_cache_bytes"] == o["usable_bytes"] - o["need_bytes"]
+        assert o["fits"] == (o["kv_budget_bytes"] >= o["kv_cache_bytes"])
+        assert o["usable_bytes"] <= o["capacity_bytes"]
     o = opt(r, "h100", 4)
     assert o["weights_bytes"] == -(-r["weight_bytes"] // 4)
     # 8 KV heads over TP4: 2 heads per GPU; 80 layers x 2 x 2 x 128 x 2 bytes per token
     assert o["kv_cache_bytes"] == 4 * 4096 * 80 * 2 * 2 * 128 * 2
-    assert o["usable_bytes"] == int(81559 * 2**20 * 0.9)
+    # vLLM: 0.92 x total - weights - activation peak - non-torch (1 GiB context + 0.5 GiB NCCL); graphs outside
+    total = 81559 * 2**20
+    expect = 0.92 * total - o["weights_bytes"] - o["activation_bytes"] - 1.5 * 2**30
+    assert o["kv_budget_bytes"] == pytest.approx(expect, abs=1)
 
 
 def test_decode_speed_and_cost():
@@ -287,3 +291,158 @@ def test_objective_token_prefers_b200_for_steady_traffic():
 def test_default_context_capped_at_model_maximum():
     r = rec("all-minilm-l6-v2", "bf16")
     assert r["context"] == 512 and not r["warnings"]
+
+
+# --- the serving engine's memory model (issue #13) ------------------------------------
+# vLLM's startup log states its formula with its own numbers: "the current vLLM instance can use
+# total_gpu_memory (X GiB) x gpu_memory_utilization (u) = Y GiB; model weights take W GiB; non_torch_memory
+# takes N GiB; PyTorch activation peak memory takes A GiB; the rest of the memory reserved for KV Cache is K GiB".
+VLLM_LOGS = [
+    # vllm-project/vllm#12330: Llama-3-8B on one A100 40GB
+    dict(total=39.50, util=0.90, weights=14.96, non_torch=0.10, activation=9.37, kv=11.12),
+    # vllm-project/vllm#14447 (a TP worker of a MoE model on a 24 GB card)
+    dict(total=23.58, util=0.99, weights=21.21, non_torch=0.20, activation=0.37, kv=1.57),
+]
+
+
+@pytest.mark.parametrize("log", VLLM_LOGS)
+def test_vllm_kv_cache_matches_its_own_log(log):
+    from qeval.deploy.hardware import load_memory_defaults
+    from qeval.deploy.kv import kv_budget
+
+    vllm = load_memory_defaults().engines["vllm"]
+    g = GIB
+    args = (log["total"] * g, log["weights"] * g, log["activation"] * g, log["non_torch"] * g)
+    got = kv_budget(vllm, *args, graphs=0, fraction=log["util"])
+    assert got / g == pytest.approx(log["kv"], rel=0.02)
+    if log["util"] <= 0.9:  # CUDA graphs are captured after the KV cache is sized, in the remainder
+        assert kv_budget(vllm, *args, graphs=2 * g, fraction=log["util"]) == got
+
+
+def test_engines_split_memory_as_documented():
+    from qeval.deploy.hardware import load_memory_defaults
+    from qeval.deploy.kv import kv_budget
+
+    e = load_memory_defaults().engines
+    cap, w, act, nt, cg = 80 * GIB, 40 * GIB, 2 * GIB, GIB, GIB
+    # TensorRT-LLM: free_gpu_memory_fraction (0.9) of what is free after weights, activations and runtime
+    assert kv_budget(e["trtllm"], cap, w, act, nt, cg) == pytest.approx(0.9 * (80 - 40 - 2 - 1 - 1) * GIB, abs=1)
+    # SGLang: mem_fraction_static x total - weights (the rest holds activations and graphs)
+    assert kv_budget(e["sglang"], cap, w, act, nt, cg) == pytest.approx((0.88 * 80 - 40) * GIB, abs=1)
+    # ... and when the rest is too small for them, they come out of the pool
+    assert kv_budget(e["sglang"], cap, w, act, nt, cg, fraction=0.99) == pytest.approx((80 - 40 - 4) * GIB, abs=1)
+    # no engine hands out more than the card, whatever the fraction
+    for eng in e.values():
+        assert kv_budget(eng, cap, w, act, nt, cg, fraction=1.0) <= cap - w - act - nt - cg
+
+
+def test_llama70b_bf16_on_two_h100_like_nim():
+    # NIM ships an h100x2-throughput-bf16 profile for Llama-3.1-70B: more than one 8K sequence fits
+    r = rec("llama-3.1-70b", "bf16", context=8192, batch=2)
+    o = opt(r, "h100", 2)
+    assert o["fits_with_headroom"] and o["max_batch"] >= 2
+    trt = opt(rec("llama-3.1-70b", "bf16", context=8192, batch=2, engine="trtllm"), "h100", 2)
+    assert trt["fits"] and trt["kv_budget_bytes"] != o["kv_budget_bytes"]
+
+
+def test_engine_choice_in_json(capsys):
+    assert main(["recommend", "smollm2-135m", "--policy", "bf16", "--engine", "sglang", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["engine"] == "sglang" and out["utilization"] == 0.88
+
+
+# --- decode rates: batch x per-sequence, whatever the parallelism --------------------------
+@pytest.mark.parametrize(
+    "name,policy,kw",
+    [
+        ("deepseek-r1", "fp8-block", {}),
+        ("glm-5.2", "fp8-block", {}),
+        ("llama-3.1-70b", "bf16", {"context": 32768, "batch": 16}),
+        ("mixtral-8x7b", "bf16", {"batch": 4}),
+        ("llama-3.1-8b", "fp8-dynamic", {}),
+    ],
+)
+def test_decode_rate_is_batch_times_per_sequence(name, policy, kw):
+    r = rec(name, policy, **kw)
+    multi = 0
+    for o in r["options"]:
+        assert o["decode_tokens_per_s"] == pytest.approx(r["batch"] * o["decode_tokens_per_s_per_sequence"], rel=1e-12)
+        multi += o["nodes"] > 1
+    if name in ("deepseek-r1", "glm-5.2"):
+        assert multi  # the identity was checked on pipeline-parallel options too
+
+
+def test_pipeline_is_not_faster_per_gpu_than_one_node():
+    # the issue's case: DeepSeek-R1 fp8-block on 2 x 8 H100 reported 1,080 tok/s = 1.70 x 8 x 79.42
+    r = rec("deepseek-r1", "fp8-block")
+    two = opt(r, "h100", 16, nodes=2)
+    assert two["decode_tokens_per_s"] == pytest.approx(8 * two["decode_tokens_per_s_per_sequence"])
+    one = opt(r, "h200", 8)
+    # a stage reads half the weights per step, but a token passes both stages: no pipeline speedup
+    assert two["decode_tokens_per_s"] < 1.0 * one["decode_tokens_per_s"] * (3.35 / 4.8) * 1.01
+
+
+# --- MIG only where it makes sense ----------------------------------------------------------
+def test_mixtral_fp8_gets_no_mig_slice_and_says_why():
+    r = rec("mixtral-8x7b", "fp8-dynamic")
+    migs = [o for o in r["options"] if o["mig_profile"]]
+    assert any(o["fits"] for o in migs)  # memory alone would allow H200 3g.71gb...
+    assert not any(o["eligible"] for o in migs)  # ...but it is not offered
+    assert r["recommended"]["mig_profile"] is None
+    assert "MIG slices not offered" in r["why"] and "46.7B" in r["why"]
+    forced = rec("mixtral-8x7b", "fp8-dynamic", mig=True)
+    assert any(o["eligible"] and o["fits"] for o in forced["options"] if o["mig_profile"])
+
+
+def test_small_model_offered_a_slice_with_reason():
+    r = rec("llama-3.2-1b", "bf16", context=4096, batch=4)
+    assert r["recommended"]["mig_profile"] is not None
+    assert "A MIG slice suits this model" in r["why"]
+
+
+def test_slow_slice_not_offered():
+    # an 8B model at batch 64 of 8K: a 1g slice would decode each sequence at a crawl
+    r = rec("llama-3.1-8b", "fp8-dynamic", context=2048, batch=64, mig=False)
+    for o in r["options"]:
+        if o["mig_profile"] and o["decode_tokens_per_s_per_sequence"] < 20:
+            assert not o["eligible"] and "tokens/s per sequence" in o["notes"][-1]
+
+
+# --- wording and choices ----------------------------------------------------------------------
+def test_no_multi_node_rows_when_one_node_holds_it():
+    for name in ("llama-3.1-8b", "llama-3.1-70b", "mixtral-8x7b"):
+        r = rec(name, "bf16")
+        assert not [o for o in r["options"] if o["nodes"] > 1], name
+
+
+@pytest.mark.parametrize("name,policy", [("llama-3.1-8b", "bf16"), ("glm-5.2", "fp8-block"), ("deepseek-r1", "nvfp4")])
+def test_next_option_up_is_never_slower(name, policy):
+    import re
+
+    r = rec(name, policy)
+    up = r["alternatives"]["up"]
+    if up:
+        speed = re.search(r"decodes ([0-9.]+)x as fast", up)
+        assert speed and float(speed.group(1)) > 1.0, up
+
+
+def test_bf16_policy_not_called_smaller(capsys):
+    assert main(["recommend", "llama-3.2-1b", "--policy", "bf16"]) == 0
+    out = capsys.readouterr().out
+    assert "1.00x" not in out and "as BF16" in out
+
+
+@pytest.mark.parametrize(
+    "flag,value", [("--batch", "0"), ("--context", "0"), ("--batch", "-3"), ("--context", "1.5"), ("--batch", "many"),
+                   ("--utilization", "0"), ("--utilization", "1.5"), ("--utilization", "x")]
+)
+def test_bad_numbers_refused_in_one_line(flag, value, capsys):
+    assert main(["recommend", "smollm2-135m", "--policy", "bf16", flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and flag.lstrip("-") in err and value in err
+
+
+def test_bad_numbers_refused_by_the_api():
+    for bad in (0, -1, 2.5, True, "x"):
+        with pytest.raises(ValueError, match="whole number"):
+            recommend(model("smollm2-135m"), "bf16", batch=bad)

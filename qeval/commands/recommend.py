@@ -24,17 +24,30 @@ def add_arguments(parser) -> None:
         "model", metavar="MODEL", help="config folder / config.json / configs/models name / hub ID / recipe YAML"
     )
     parser.add_argument("--policy", required=True, help="policy name (configs/policies) or YAML file")
+    # numbers are read as text and checked in run(): a bad one is one line and exit 2, not argparse's usage block
     parser.add_argument(
-        "--context", type=int, help="tokens per sequence the KV cache holds (default: recipe, else configs/memory.yaml)"
+        "--context", help="tokens per sequence the KV cache holds (default: recipe, else configs/memory.yaml)"
     )
-    parser.add_argument("--batch", type=int, help="concurrent sequences (default: recipe, else configs/memory.yaml)")
+    parser.add_argument("--batch", help="concurrent sequences (default: recipe, else configs/memory.yaml)")
     parser.add_argument(
         "--kv", metavar="FORMAT", help="KV-cache format, e.g. bf16, fp8_e4m3, nvfp4 (default: the policy's, else bf16)"
     )
     parser.add_argument(
         "--prices", metavar="FILE", help="YAML of USD per GPU-hour per GPU id (e.g. configs/prices.yaml)"
     )
-    parser.add_argument("--utilization", type=float, help="usable share of GPU memory (default 0.9)")
+    parser.add_argument(
+        "--engine",
+        choices=("vllm", "trtllm", "sglang"),
+        help="serving engine whose memory model sizes the KV cache (default vllm; configs/memory.yaml engines:)",
+    )
+    parser.add_argument(
+        "--utilization",
+        help="the engine's memory fraction: vLLM gpu_memory_utilization (0.92), TensorRT-LLM "
+        "free_gpu_memory_fraction (0.9), SGLang mem_fraction_static (0.88)",
+    )
+    parser.add_argument(
+        "--mig", action="store_true", help="offer MIG slices even to models above the ~8B MIG guidance"
+    )
     parser.add_argument("--gpus", help="comma-separated GPU ids to consider (default: all of configs/gpus.yaml)")
     parser.add_argument(
         "--objective", choices=("hour", "token"), help="cheapest per GPU-hour (default) or per million output tokens"
@@ -64,6 +77,8 @@ def run(args) -> int:
             utilization=args.utilization,
             gpus=gpus,
             objective=args.objective,
+            engine=args.engine,
+            mig=args.mig,
             trust_remote_code=args.trust_remote_code,
         )
     except (ValueError, OSError) as err:  # bad input: one line, exit 2

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from qeval.files import read_yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from qeval.paths import CONFIGS
 
@@ -30,6 +30,16 @@ GIB = 1024**3
 COMPUTE_KEY = {"bf16": "bf16", "fp16": "bf16", "fp8": "fp8", "mxfp8": "fp8", "mxfp4": "fp4", "nvfp4": "fp4"}
 FAMILIES = tuple(COMPUTE_KEY)
 _BITS = {"bf16": 16, "fp8": 8, "fp4": 4}
+SOURCE_KINDS = ("measured", "datasheet", "estimate")
+# numbers of a GPU entry that must name their source (configs/gpus.yaml `sources:`)
+SOURCED_FIELDS = ("memory_mib", "bandwidth_tbs", "tflops", "nvlink_gbs", "gpus_per_node", "tdp_w", "sms", "price_per_hour")
+
+
+def _check_source(text: str) -> str:
+    kind = text.split(":", 1)[0].strip()
+    if kind not in SOURCE_KINDS or not text.split(":", 1)[1:] or not text.split(":", 1)[1].strip():
+        raise ValueError(f"source {text!r} must read 'KIND: citation' with KIND one of {', '.join(SOURCE_KINDS)}")
+    return text
 
 
 class _Strict(BaseModel):
@@ -38,23 +48,32 @@ class _Strict(BaseModel):
 
 class MigProfile(_Strict):
     name: str
-    memory_gib: float = Field(gt=0)
+    memory_gib: float = Field(gt=0)  # usable GiB, as `nvidia-smi mig -lgip` lists it
+    sms: int = Field(ge=1)  # streaming multiprocessors of the slice (same listing)
     max_count: int = Field(ge=1, le=7)
     compute_slices: int = Field(ge=1, le=7)
     memory_slices: int = Field(ge=1, le=8)
+    source: str
+    _gpu_sms: int = PrivateAttr(default=0)
+
+    @field_validator("source")
+    @classmethod
+    def _sourced(cls, v):
+        return _check_source(v)
 
     @property
     def bandwidth_share(self) -> float:
-        return self.memory_slices / 8
+        return self.memory_slices / 8  # the memory controllers follow the memory slices
 
     @property
     def compute_share(self) -> float:
-        return self.compute_slices / 7
+        """The slice's SMs over the whole GPU's (an H100 4g slice: 64 of 132), not compute_slices / 7."""
+        return self.sms / self._gpu_sms
 
     @property
     def price_share(self) -> float:
-        # a slice blocks the larger of its compute and memory shares of the GPU
-        return max(self.bandwidth_share, self.compute_share)
+        # a slice blocks the larger of its compute slots (of 7) and memory slices (of 8) of the GPU
+        return max(self.memory_slices / 8, self.compute_slices / 7)
 
 
 class GPU(_Strict):
@@ -67,9 +86,24 @@ class GPU(_Strict):
     nvlink_gbs: float = Field(ge=0)
     gpus_per_node: int = Field(ge=1)
     tdp_w: float | None = None
+    sms: int = Field(ge=1)
     price_per_hour: float = Field(gt=0)
+    sources: dict[str, str]
     mig: list[MigProfile] = Field(default_factory=list)
     id: str = ""  # filled from the mapping key
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v):
+        missing = [f for f in SOURCED_FIELDS if f not in v]
+        if missing:
+            raise ValueError(f"no source for {', '.join(missing)} (every number names where it comes from)")
+        unknown = [f for f in v if f not in SOURCED_FIELDS]
+        if unknown:
+            raise ValueError(f"source for unknown field {unknown[0]!r}; valid: {', '.join(SOURCED_FIELDS)}")
+        for text in v.values():
+            _check_source(text)
+        return v
 
     @field_validator("native")
     @classmethod
@@ -86,6 +120,10 @@ class GPU(_Strict):
         for fam in self.native:
             if COMPUTE_KEY[fam] not in self.tflops:
                 raise ValueError(f"native family {fam!r} needs tflops.{COMPUTE_KEY[fam]}")
+        for m in self.mig:
+            if m.sms > self.sms or m.memory_gib > self.memory_gib:
+                raise ValueError(f"MIG {m.name} is larger than the GPU ({m.sms} SMs, {m.memory_gib} GiB)")
+            m._gpu_sms = self.sms
         return self
 
     @property
@@ -114,13 +152,34 @@ class Catalog(_Strict):
         return self
 
 
+ENGINES = ("vllm", "trtllm", "sglang")
+
+
 class Serving(_Strict):
     context: int = Field(ge=1)
     batch: int = Field(ge=1)
-    utilization: float = Field(gt=0, le=1)
-    min_headroom_fraction: float = Field(ge=0, lt=1)
+    engine: Literal["vllm", "trtllm", "sglang"]
+    kv_headroom: float = Field(ge=0)
     max_batched_tokens: int = Field(ge=1)
     objective: Literal["hour", "token"]
+
+
+class Engine(_Strict):
+    """How a serving engine sizes its KV cache (``configs/memory.yaml`` ``engines:``).
+
+    ``budget``: "total" (vLLM: fraction x total holds weights, activations, non-torch memory and the
+    KV cache), "free" (TensorRT-LLM: the KV cache gets fraction x what is free after everything else)
+    or "static" (SGLang: fraction x total holds weights and the KV pool; the rest takes activations).
+    """
+
+    budget: Literal["total", "free", "static"]
+    fraction: float = Field(gt=0, le=1)
+    graphs_in_budget: bool
+
+
+class MigGuidance(_Strict):
+    max_params: float = Field(gt=0)
+    min_decode_tokens_per_s: float = Field(ge=0)
 
 
 class Overhead(_Strict):
@@ -155,7 +214,9 @@ class MoeKeys(_Strict):
 
 class MemoryDefaults(_Strict):
     serving: Serving
+    engines: dict[Literal["vllm", "trtllm", "sglang"], Engine]
     overhead_gib: Overhead
+    mig: MigGuidance
     activations: Activations
     efficiency: Efficiency
     buffers_dtype_bytes: int = Field(ge=1)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from qeval.deploy.hardware import GIB, MemoryDefaults
+from qeval.deploy.hardware import GIB, Engine, MemoryDefaults
 
 _SLIDING = {"sliding_attention", "sliding_window", "local_attention", "chunked_attention"}
 _STATE_WORDS = ("linear", "mamba", "conv", "recurrent", "ssm")  # fixed-size state, no per-token KV
@@ -144,6 +144,43 @@ def activation_bytes(
 
 def overhead_bytes(defaults: MemoryDefaults, n_gpus: int, is_causal_lm: bool) -> int:
     """CUDA context + workspaces (+ CUDA graphs for decoders, + NCCL when sharded), per GPU."""
+    return non_torch_bytes(defaults, n_gpus) + graph_bytes(defaults, is_causal_lm)
+
+
+def non_torch_bytes(defaults: MemoryDefaults, n_gpus: int) -> int:
+    """CUDA context, cuBLAS workspaces and NCCL buffers (vLLM's "non_torch_memory"), per GPU."""
     o = defaults.overhead_gib
-    gib = o.base + (o.cuda_graphs if is_causal_lm else 0) + (o.multi_gpu if n_gpus > 1 else 0)
-    return math.ceil(gib * GIB)
+    return math.ceil((o.base + (o.multi_gpu if n_gpus > 1 else 0)) * GIB)
+
+
+def graph_bytes(defaults: MemoryDefaults, is_causal_lm: bool) -> int:
+    """CUDA graphs of the decode step (decoders only; encoders run eagerly), per GPU."""
+    return math.ceil(defaults.overhead_gib.cuda_graphs * GIB) if is_causal_lm else 0
+
+
+def kv_budget(
+    engine: Engine, capacity: int, weights: int, activations: int, non_torch: int, graphs: int = 0,
+    fraction: float | None = None,
+) -> int:
+    """Bytes per GPU that ``engine`` gives the KV cache (negative: the model does not fit).
+
+    - vLLM (``budget: total``): ``fraction x capacity - weights - activation peak - non-torch``;
+      CUDA graphs are captured afterwards, in the remainder.
+    - TensorRT-LLM (``free``): ``fraction x (capacity - weights - activations - runtime)``.
+    - SGLang (``static``): ``fraction x capacity - weights``; activations, runtime and graphs use
+      the rest, and where the rest is too small they come out of the pool.
+
+    Whatever the fraction, no engine gets more than the card holds.
+    """
+    f = engine.fraction if fraction is None else fraction
+    everything_else = weights + activations + non_torch + graphs
+    if engine.budget == "total":
+        room = f * capacity - weights - activations - non_torch - (graphs if engine.graphs_in_budget else 0)
+    elif engine.budget == "free":
+        free = capacity - everything_else
+        room = f * free if free > 0 else free
+    else:
+        room = f * capacity - weights
+        rest = (1 - f) * capacity - activations - non_torch - graphs
+        room += min(rest, 0)
+    return math.floor(min(room, capacity - everything_else))
