@@ -159,6 +159,7 @@ def recommend(
     engine: str | None = None,
     mig: bool = False,
     trust_remote_code: bool = False,
+    gpu: str | None = None,
 ) -> dict:
     """Recommend a deployment for ``model_or_config`` under ``policy``; a JSON-ready dict.
 
@@ -176,12 +177,15 @@ def recommend(
         objective: "hour" (cheapest per GPU-hour, default) or "token" (per million output tokens).
         engine: "vllm" (default), "trtllm" or "sglang": whose memory model sizes the KV cache.
         mig: offer MIG slices even to models outside the MIG guidance.
+        gpu: one catalog id (a recipe's ``hardware.gpu``), the same as ``gpus=[gpu]``.
 
     Returns:
         ``model``, ``params_total``, ``params_main``, ``params_mtp``, ``params_active``,
         ``weight_bytes``, ``kv_bytes_per_token``, ``options`` (one dict per option),
         ``recommended`` (one of ``options`` or None), ``why``, ``alternatives``, ``warnings``, ``notes``.
     """
+    if gpu and not gpus:
+        gpus = [str(gpu).lower()]
     setup, options = analyze(
         model_or_config,
         policy,
