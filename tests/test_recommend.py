@@ -446,3 +446,41 @@ def test_bad_numbers_refused_by_the_api():
     for bad in (0, -1, 2.5, True, "x"):
         with pytest.raises(ValueError, match="whole number"):
             recommend(model("smollm2-135m"), "bf16", batch=bad)
+
+
+def test_offline_hub_id_fails_fast_in_one_line(monkeypatch, tmp_path, capsys):
+    import time
+
+    from qeval.deploy import load
+
+    # a Hub endpoint nothing listens on, and an empty Hugging Face cache
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    calls = []
+    real = load.socket.create_connection
+    monkeypatch.setattr(load.socket, "create_connection", lambda *a, **k: calls.append(a) or real(*a, **k))
+    t = time.perf_counter()
+    assert main(["recommend", "some-org/some-model", "--policy", "bf16"]) == 2
+    elapsed = time.perf_counter() - t
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unreachable" in err and "some-org/some-model" in err
+    assert len(calls) == 1  # one connectivity check, no retries
+    assert elapsed < 10  # huggingface_hub's retries alone took ~30 s here; the bench reports the real figure
+
+
+def test_offline_hub_id_found_in_local_cache(monkeypatch, tmp_path):
+    from qeval.deploy.memory import MODELS_DIR
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--acme--tiny-llama"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snap = repo / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text((MODELS_DIR / "smollm2-135m" / "config.json").read_text())
+    r = recommend("acme/tiny-llama", "bf16", context=512, batch=1)
+    assert r["params_total"] == 134_515_008

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,17 +72,55 @@ def known_models() -> list[str]:
     return sorted(p.parent.name for p in MODELS_DIR.glob("*/config.json"))
 
 
-def _hub_config(source: str) -> Path:
-    try:
-        from huggingface_hub import hf_hub_download
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """One TCP connection to the Hub endpoint (``HF_ENDPOINT``), so that an offline machine answers
+    in about a second instead of huggingface_hub's ~30 s of retries."""
+    from urllib.parse import urlparse
 
-        return Path(hf_hub_download(source, "config.json"))
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:  # no DNS, refused, timed out: offline for our purpose
+        return False
+
+
+_HUB_PATHS: dict[str, Path] = {}  # hub ID -> its fetched config.json, once per process
+
+
+def prefetch(source) -> None:
+    """Fetch a hub ID's config.json now, so a bad or offline ID fails before torch is imported."""
+    if isinstance(source, str) and _HUB_ID.match(source) and _config_file(source) is None:
+        _hub_config(source)
+
+
+def _hub_config(source: str) -> Path:
+    if source in _HUB_PATHS:
+        return _HUB_PATHS[source]
+    hint = f"give a config folder, a config.json path or one of configs/models: {', '.join(known_models())}"
+    online = hub_reachable()
+    try:
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+        if online:
+            _HUB_PATHS[source] = Path(hf_hub_download(source, "config.json", etag_timeout=5))
+        else:  # the local Hugging Face cache only: no request at all (hf_hub_download still makes one)
+            cached = try_to_load_from_cache(source, "config.json")
+            if not isinstance(cached, str):
+                raise FileNotFoundError(source)
+            _HUB_PATHS[source] = Path(cached)
+        return _HUB_PATHS[source]
     except Exception as err:  # offline, unknown repo, gated: all mean "no config"
+        if not online:
+            raise ModelConfigError(
+                f"cannot fetch config.json of hub ID {source!r}: the Hub is unreachable (offline) and it is "
+                f"not in the local Hugging Face cache; {hint}"
+            ) from None
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ModelConfigError(
-            f"cannot fetch config.json of hub ID {source!r} ({first[:120]}); give a config folder, "
-            f"a config.json path or one of configs/models: {', '.join(known_models())}"
-        ) from None
+        raise ModelConfigError(f"cannot fetch config.json of hub ID {source!r} ({first[:120]}); {hint}") from None
 
 
 def describe_quantization(qc: Any) -> str | None:

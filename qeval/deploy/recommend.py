@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from qeval.deploy.hardware import MemoryDefaults, load_catalog, load_memory_defaults
 from qeval.deploy.kv import attention_layout, kv_bytes_per_token
-from qeval.deploy.load import resolve_model
+from qeval.deploy.load import prefetch, resolve_model
 from qeval.deploy.memory import count_params, weight_bytes
 from qeval.deploy.options import MAX_NODES, Option, Setup, enumerate_options, mig_refusal, pick  # noqa: F401
 
@@ -88,9 +88,6 @@ def analyze(
     trust_remote_code: bool = False,
 ) -> tuple[Setup, list[Option]]:
     """The shared setup and every option (see :func:`recommend` for the arguments)."""
-    from qeval.formats import get_format
-    from qeval.policy import load_policy
-
     # the numbers first: a bad one is refused before any model is read
     context = None if context is None else positive_int("--context", context)
     batch = None if batch is None else positive_int("--batch", batch)
@@ -99,6 +96,10 @@ def analyze(
     if engine not in defaults.engines:
         raise ValueError(f"--engine must be one of {', '.join(defaults.engines)}, got {engine!r}")
     util = _fraction(engine, defaults, utilization)
+    prefetch(model_or_config)  # a hub ID that cannot be fetched fails here, in about a second, before torch
+    from qeval.formats import get_format
+    from qeval.policy import load_policy
+
     policy = load_policy(policy)  # once: the plan and the no-op check below both use it
     loaded, context, batch, gpus = resolve_model(model_or_config, context, batch, gpus, trust_remote_code)
     catalog = load_catalog(prices=prices, gpus=gpus)
