@@ -7,6 +7,7 @@ or are computed here by hand from the config numbers and the formats.md bytes ta
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -254,17 +255,60 @@ def test_skeleton_cache_is_equivalent(name, tmp_path, monkeypatch):
     from qeval.policy import plan
     from qeval.deploy.recommend import recommend
 
+    import shutil
+
+    from qeval.deploy.memory import MODELS_DIR
+
     monkeypatch.setenv("QEVAL_CACHE", str(tmp_path))
-    real = load_model(name)  # built by transformers, then cached
+    folder = tmp_path / name  # a copy without the shipped layout: the user cache's path
+    folder.mkdir()
+    shutil.copy(MODELS_DIR / name / "config.json", folder / "config.json")
+    real = load_model(folder)  # built by transformers, then cached
+    assert type(real.model).__module__ != "qeval.deploy.cache.skeleton"
     assert len(list((tmp_path / "layouts").glob("*.json"))) == 1
-    again = load_model(name)  # rebuilt from the cache, without transformers' modeling code
+    again = load_model(folder)  # rebuilt from the cache, without transformers' modeling code
     assert type(again.model).__module__ == "qeval.deploy.cache.skeleton"
+    shipped = load_model(name)  # the bundled config: from its shipped layout, even on a cold call
+    assert type(shipped.model).__module__ == "qeval.deploy.cache.skeleton"
     assert again.checkpoint_precision == real.checkpoint_precision and again.is_causal_lm == real.is_causal_lm
     for policy in ("bf16", "nvfp4", "mixed-fp4-fp8"):
         assert plan(again.model, policy).to_dict() == plan(real.model, policy).to_dict()
     assert count_params(again) == count_params(real)
     assert attention_layout(again.config, again.is_causal_lm) == attention_layout(real.config, real.is_causal_lm)
     assert recommend(again, "fp8-dynamic") == recommend(real, "fp8-dynamic")
+    assert count_params(shipped) == count_params(real)
+    assert plan(shipped.model, "nvfp4").to_dict() == plan(real.model, "nvfp4").to_dict()
+    assert attention_layout(shipped.config, True) == attention_layout(real.config, True)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_shipped_layout_is_a_fresh_transformers_build(name):
+    """configs/models/<name>/layout.json.gz must equal what transformers builds today
+    (if not: `python -m qeval.deploy.cache` rewrites them)."""
+    import gzip
+
+    from qeval.deploy.cache import SHIPPED, dump
+    from qeval.deploy.hardware import load_memory_defaults
+    from qeval.deploy.memory import MODELS_DIR
+
+    shipped = json.loads(gzip.decompress((MODELS_DIR / name / SHIPPED).read_bytes()))
+    fresh = dump(load_model(name, use_cache=False), load_memory_defaults())
+    fresh.pop("source")
+    assert shipped.pop("config_sha256") and shipped == fresh
+
+
+def test_cold_recommend_on_a_bundled_config_skips_transformers_modeling():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from qeval.deploy.recommend import recommend; r = recommend('deepseek-r1', 'nvfp4'); "
+        "assert r['params_total'] == 684489845504, r['params_total']; "
+        "bad = [m for m in sys.modules if m.startswith(('transformers.models.deepseek_v3', 'transformers.modeling_utils'))]; "
+        "assert not bad, bad"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_skeleton_cache_off_and_invalidated(tmp_path, monkeypatch):

@@ -7,7 +7,9 @@ attributes the planner reads) and the config numbers the memory model needs
 are written as JSON to ``<qeval cache>/layouts`` (``qeval.paths.cache_root``).
 A later call rebuilds an equivalent skeleton on the meta device from it; the
 key covers the config file's bytes and the transformers, torch and qeval
-versions, so any change rebuilds. Set ``QEVAL_LAYOUT_CACHE=off`` to disable.
+versions, so any change rebuilds. The bundled configs (configs/models) ship
+their layout beside them (``layout.json.gz``), so even a cold first call skips
+transformers. Set ``QEVAL_LAYOUT_CACHE=off`` to disable both.
 tests/test_memory.py checks that ``plan()`` of a skeleton equals ``plan()`` of
 the real model, entry by entry.
 """
@@ -209,6 +211,46 @@ def load(key: str):
     return rebuild(data), ConfigSnapshot(**data["config"]), data
 
 
+# --- layouts shipped next to the bundled configs ---------------------------------
+# configs/models/<name>/layout.json.gz: the dump of that config's meta-built model, so that even
+# the first (cold) look at a bundled config skips transformers' modeling code. It is tied to the
+# config file's bytes (config_sha256); tests/test_memory.py checks each equals a fresh transformers
+# build, and `python -m qeval.deploy.cache` rewrites them all.
+SHIPPED = "layout.json.gz"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def shipped(config_file: Path):
+    """``(skeleton model, ConfigSnapshot, data)`` from the layout shipped beside ``config_file``, or None."""
+    f = Path(config_file).parent / SHIPPED
+    if cache_dir() is None or not f.is_file():  # QEVAL_LAYOUT_CACHE=off turns these off too
+        return None
+    import gzip
+
+    try:
+        data = json.loads(gzip.decompress(f.read_bytes()))
+    except (OSError, ValueError):
+        return None
+    if data.get("version") != CACHE_VERSION or data.get("config_sha256") != _sha256(config_file):
+        return None  # an edited config: build it afresh
+    return rebuild(data), ConfigSnapshot(**data["config"]), data
+
+
+def write_shipped(config_file: Path, loaded, defaults) -> Path:
+    """Write the shipped layout of ``config_file`` (deterministic bytes: no timestamp in the gzip header)."""
+    import gzip
+
+    data = dump(loaded, defaults)
+    data.pop("source", None)
+    data["config_sha256"] = _sha256(config_file)
+    out = Path(config_file).parent / SHIPPED
+    out.write_bytes(gzip.compress(json.dumps(data, sort_keys=True).encode(), compresslevel=9, mtime=0))
+    return out
+
+
 def save(key: str, loaded, defaults) -> None:
     """Write the skeleton atomically; a cache that cannot be written is skipped silently."""
     d = cache_dir()
@@ -222,3 +264,12 @@ def save(key: str, loaded, defaults) -> None:
         os.replace(tmp, d / f"{key}.json")
     except OSError:
         return
+
+
+if __name__ == "__main__":  # rewrite the shipped layouts of every bundled config
+    from qeval.deploy.hardware import load_memory_defaults
+    from qeval.deploy.load import MODELS_DIR, load_model
+
+    for cfg in sorted(MODELS_DIR.glob("*/config.json")):
+        built = load_model(str(cfg.parent), use_cache=False)
+        print(write_shipped(cfg, built, load_memory_defaults()))

@@ -239,7 +239,7 @@ def load_model(source, *, trust_remote_code: bool = False, use_cache: bool = Tru
             from qeval.deploy import cache as memory_cache
 
             key = memory_cache.cache_key(path, {})
-            hit = memory_cache.load(key)
+            hit = memory_cache.shipped(path) or memory_cache.load(key)  # bundled configs ship their layout
             if hit is not None:
                 model, snapshot, data = hit
                 return LoadedModel(name, snapshot, model, data["checkpoint_precision"], data["is_causal_lm"])
