@@ -284,7 +284,7 @@ def test_skeleton_cache_is_equivalent(name, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_shipped_layout_is_a_fresh_transformers_build(name):
     """configs/models/<name>/layout.json.gz must equal what transformers builds today
-    (if not: `python -m qeval.deploy.cache` rewrites them)."""
+    (if not: `python -m qeval.deploy.load` rewrites them)."""
     import gzip
 
     from qeval.deploy.cache import SHIPPED, dump

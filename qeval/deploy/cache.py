@@ -215,7 +215,7 @@ def load(key: str):
 # configs/models/<name>/layout.json.gz: the dump of that config's meta-built model, so that even
 # the first (cold) look at a bundled config skips transformers' modeling code. It is tied to the
 # config file's bytes (config_sha256); tests/test_memory.py checks each equals a fresh transformers
-# build, and `python -m qeval.deploy.cache` rewrites them all.
+# build, and `python -m qeval.deploy.load` rewrites them all.
 SHIPPED = "layout.json.gz"
 
 
@@ -265,11 +265,3 @@ def save(key: str, loaded, defaults) -> None:
     except OSError:
         return
 
-
-if __name__ == "__main__":  # rewrite the shipped layouts of every bundled config
-    from qeval.deploy.hardware import load_memory_defaults
-    from qeval.deploy.load import MODELS_DIR, load_model
-
-    for cfg in sorted(MODELS_DIR.glob("*/config.json")):
-        built = load_model(str(cfg.parent), use_cache=False)
-        print(write_shipped(cfg, built, load_memory_defaults()))

@@ -298,3 +298,11 @@ def resolve_model(model_or_config, context, batch, gpus, trust_remote_code):
     if hasattr(src, "config") and hasattr(src, "named_modules"):  # a loaded transformers model: use its config
         src = src.config
     return load_model(src, trust_remote_code=trust_remote_code), context, batch, gpus
+
+
+if __name__ == "__main__":  # rewrite the shipped layouts of every bundled config (qeval.deploy.cache.SHIPPED)
+    from qeval.deploy import cache as memory_cache
+
+    for cfg in sorted(MODELS_DIR.glob("*/config.json")):
+        built = load_model(str(cfg.parent), use_cache=False)
+        print(memory_cache.write_shipped(cfg, built, load_memory_defaults()))
