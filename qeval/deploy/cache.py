@@ -208,7 +208,7 @@ def load(key: str):
         return None
     if data.get("version") != CACHE_VERSION:
         return None
-    return rebuild(data), ConfigSnapshot(**data["config"]), data
+    return rebuild(data), snapshot(data), data
 
 
 # --- layouts shipped next to the bundled configs ---------------------------------
@@ -236,7 +236,14 @@ def shipped(config_file: Path):
         return None
     if data.get("version") != CACHE_VERSION or data.get("config_sha256") != _sha256(config_file):
         return None  # an edited config: build it afresh
-    return rebuild(data), ConfigSnapshot(**data["config"]), data
+    return rebuild(data), snapshot(data), data
+
+
+def snapshot(data: dict) -> ConfigSnapshot:
+    """The ConfigSnapshot of a layout, carrying the layout so that it can be rebuilt from the snapshot alone."""
+    snap = ConfigSnapshot(**data["config"])
+    object.__setattr__(snap, "_layout", data)
+    return snap
 
 
 def write_shipped(config_file: Path, loaded, defaults) -> Path:

@@ -225,6 +225,14 @@ def load_model(source, *, trust_remote_code: bool = False, use_cache: bool = Tru
     import torch
 
     key = None
+    layout = getattr(source, "_layout", None)  # the config of a model rebuilt from a layout (qeval.deploy.cache)
+    if isinstance(layout, dict):
+        from qeval.deploy import cache as memory_cache
+
+        return LoadedModel(
+            str(getattr(source, "model_type", "model")), source, memory_cache.rebuild(layout),
+            layout["checkpoint_precision"], layout["is_causal_lm"],
+        )
     if hasattr(source, "model_type") and not isinstance(source, (str, Path)):
         config = copy.deepcopy(source)
         qc = getattr(config, "quantization_config", None)
