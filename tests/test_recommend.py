@@ -403,9 +403,12 @@ def test_small_model_offered_a_slice_with_reason():
 def test_slow_slice_not_offered():
     # an 8B model at batch 64 of 8K: a 1g slice would decode each sequence at a crawl
     r = rec("llama-3.1-8b", "fp8-dynamic", context=2048, batch=64, mig=False)
-    for o in r["options"]:
-        if o["mig_profile"] and o["decode_tokens_per_s_per_sequence"] < 20:
-            assert not o["eligible"] and "tokens/s per sequence" in o["notes"][-1]
+    slow = [o for o in r["options"] if o["mig_profile"] and o["decode_tokens_per_s_per_sequence"] < 20]
+    assert slow  # the 1g slices at least
+    for o in slow:
+        assert not o["eligible"] and "tokens/s per sequence" in o["notes"][-1]
+    fast = [o for o in r["options"] if o["mig_profile"] and o["decode_tokens_per_s_per_sequence"] >= 20]
+    assert all(o["eligible"] for o in fast)
 
 
 # --- wording and choices ----------------------------------------------------------------------
