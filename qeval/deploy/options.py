@@ -248,3 +248,24 @@ def pick(options: list[Option], objective: str = "hour") -> Option | None:
     )
 
 
+
+
+def weight_room(s: Setup, o: Option) -> int:
+    """Per-GPU weight bytes with which option ``o`` still fits with headroom under the serving engine
+    (its KV cache, activations and runtime as ``o`` has them): the budget ``qeval search --fit`` uses."""
+    d = s.defaults
+    engine = d.engines[s.engine]
+    non_torch = non_torch_bytes(d, o.count)
+    graphs = o.overhead_bytes - non_torch
+    need = o.kv_cache_bytes + math.ceil(d.serving.kv_headroom * o.kv_cache_bytes)
+
+    def room(w: int) -> int:
+        return kv_budget(engine, o.capacity_bytes, w, o.activation_bytes, non_torch, graphs, s.utilization)
+
+    if room(0) < need:
+        return 0
+    lo, hi = 0, o.capacity_bytes  # the KV room shrinks as the weights grow: bisect for the largest that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if room(mid) >= need else (lo, mid - 1)
+    return lo

@@ -1,9 +1,9 @@
 """The byte budget of a search: given as bytes, as bits per weight, or as a GPU it must fit.
 
 ``--fit 1xH100 --context 8192 --batch 8``: the recommender's own accounting
-(``qeval.deploy.recommend.analyze``) for that option gives the usable memory,
-the minimum headroom, the KV cache, activations and runtime overhead; what is
-left is the budget for the weights. The written policy is then checked with
+(``qeval.deploy.recommend.analyze``, ``qeval.deploy.options.weight_room``) for
+that option splits the GPU the way the serving engine does: what is left after
+the KV cache (with headroom), activations and runtime is the budget for the weights. The written policy is then checked with
 the recommender itself (``fit_report``).
 """
 
@@ -68,12 +68,12 @@ def _find(options, target: Target):
 
 def fit_budget(model_or_config, target: Target, context: int | None, batch: int | None) -> int:
     """Whole-model weight bytes (as ``qeval plan`` counts them) that still fit ``target`` with headroom."""
+    from qeval.deploy.options import weight_room
     from qeval.deploy.recommend import analyze
 
     setup, options = analyze(model_or_config, {"name": "bf16"}, context=context, batch=batch, gpus=[target.gpu])
     o = _find(options, target)
-    headroom = math.ceil(setup.defaults.serving.min_headroom_fraction * o.usable_bytes)
-    per_gpu = o.usable_bytes - headroom - o.kv_cache_bytes - o.activation_bytes - o.overhead_bytes
+    per_gpu = weight_room(setup, o)  # the serving engine's split of the GPU, with the recommender's headroom
     # weights per GPU are ceil(total / GPUs); total = plan bytes + buffers + MTP layers (taken at BF16: an upper bound)
     extra = setup.weights.total - setup.weights.main
     return per_gpu * o.count - extra
