@@ -52,7 +52,7 @@ def _budgets(req: SearchRequest, doc: dict) -> list[tuple[str, int, object]]:
             b = fit_budget(_fit_model(req, doc), target, req.context, req.batch)
         except ValueError as err:
             raise SearchInputError(f"--fit: {err}" if not str(err).startswith("--fit") else str(err)) from None
-        out.append((f"search-fit-{target.label}", b, target))
+        out.append((f"search-fit-{target.label.replace(':', '-')}", b, target))
     if not out:
         raise SearchInputError("give a budget: --max-bytes SIZE, --bits B or --fit GPU (e.g. 1xH100)")
     return out
