@@ -391,6 +391,7 @@ def test_evaluate_runs_searched_policies_beside_the_recipes_own(tiny, tmp_path):
     # the search's only evidence is the calibration text; the eval text is another text
     assert results["recipe"]["config"]["eval_data"]["path"] != doc["text"]["path"]
     assert json.loads((tmp_path / "out" / "search-6bit.json").read_text())["measured_eval"] == six["measured_eval"]
+    assert len(list((tmp_path / "results" / "tiny").iterdir())) == 1  # the run directory; no scratch left
 
 
 def test_cli_sensitivity_refuses_bad_input_with_one_line(tiny, tmp_path, capsys):

@@ -13,13 +13,13 @@ from qeval.files import atomic_write_bytes, read_yaml
 def measure_on_calibration(recipe_path, policies: list[dict], tokens: int | None = None,
                            progress: bool = True) -> list[dict]:
     """KL of each policy on the scoring text of the sensitivity pass (one baseline, one pass each)."""
+    import tempfile
+
     from qeval.search.scoring import measure, prepare
 
-    bench = prepare(recipe_path, tokens, None, progress)
-    try:
+    with tempfile.TemporaryDirectory(prefix="qeval-search-") as work:  # the baseline spill: scratch only
+        bench = prepare(recipe_path, tokens, Path(work), progress)
         return [measure(bench, p) for p in policies]
-    finally:
-        bench.spill.remove()
 
 
 def derived_recipe(recipe_path, policies: list[dict], folder, tasks: bool = True) -> Path:
