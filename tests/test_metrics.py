@@ -169,14 +169,15 @@ def test_sharded_windows_sum_to_the_single_process_numbers(tmp_path):
 
 
 def test_spill_marker_detects_partial_or_other_runs(tmp_path):
-    spill = BaselineSpill(tmp_path / "s.npy", {"run": "a"})
+    spill = BaselineSpill(tmp_path / "s.npy", {"run": "a"}, dtype="float32")
     spill.open_write({0: 2, 1: 3}, 4)
     spill.write(0, torch.ones(2, 4))
     assert not spill.complete()  # killed before finish: redone on resume
     spill.write(1, torch.zeros(3, 4))
     spill.finish()
     assert spill.complete()
-    assert not BaselineSpill(tmp_path / "s.npy", {"run": "b"}).complete()
+    assert not BaselineSpill(tmp_path / "s.npy", {"run": "b"}, dtype="float32").complete()
+    assert not BaselineSpill(tmp_path / "s.npy", {"run": "a"}, dtype="float16").complete()  # another format
     spill.open_read({0: 2, 1: 3})
     assert torch.equal(spill.read(1), torch.zeros(3, 4)) and torch.equal(spill.read(0), torch.ones(2, 4))
 

@@ -1,7 +1,8 @@
 """One pass of a causal LM over the evaluation windows: perplexity, KL and top-1 together.
 
-The baseline pass writes its log-probabilities to a ``BaselineSpill``; a
-policy's pass reads them back window by window. Under ``accelerate launch``
+The baseline pass writes its log-probabilities to a store (a ``BaselineSpill``
+file, or device memory: ``qeval.evaluate.baseline_store``); a policy's pass
+reads them back window by window. Under ``accelerate launch``
 each process takes windows ``rank, rank + world, ...``; the per-window sums
 are gathered and added in window order in float64, so the result is the same
 number whatever the number of processes.
@@ -19,7 +20,7 @@ import torch
 
 from qeval.uncertainty import bootstrap_interval, bootstrap_quantile, bootstrap_summary, exp_interval, ratio_estimate
 
-from .divergence import BaselineSpill, kl_rows, percentile, top1_matches
+from .divergence import BaselineSpill, kl_rows, percentile
 from .perplexity import Window, log_softmax_rows, nll_sum, window_logits
 
 
@@ -145,7 +146,8 @@ def local_pass(model, token_ids, windows, spill, *, baseline, device=None, shard
             logp = spill.read(w.index, logq.device)
             kl = kl_rows(logp, logq, chunk)
             stats.kl_sum = float(kl.double().sum())
-            stats.top1 = top1_matches(logp, logq)
+            # the store keeps the baseline's argmax from before any rounding: top-1 is exact
+            stats.top1 = int((spill.argmax(w.index, logq.device) == logq.argmax(-1)).sum())
             stats.kl_values = kl.cpu().numpy()
         local.append(stats)
         if stop is not None and stop(local):

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 
-from qeval.evaluate.divergence import BaselineSpill
+from qeval.evaluate.baseline_store import StoreSpaceError, choose_store, make_store
 from qeval.evaluate.stream import Shard, lm_pass
+from qeval.pipeline import peaks
 from qeval.pipeline.weights import measured_weight_bytes
 from qeval.uncertainty import exp_interval, ratio_estimate
 
@@ -22,16 +23,57 @@ EMPTY_METRICS = {
 }  # a text pass adds "ci" (intervals) and "windows" (per-window sums): see qeval.results.schema
 
 
-def spill_for(run_path: Path, rundir, shard: Shard, ctx) -> BaselineSpill:
-    """This process's baseline spill file in the run directory, keyed by what it holds."""
+def _logits_shape(model) -> tuple[int | None, object]:
+    """(vocabulary size of the logits, device they come out on) of a causal LM."""
+    try:
+        head = model.get_output_embeddings()
+        w = head.weight
+        return int(w.shape[0]), w.device
+    except (AttributeError, NotImplementedError, TypeError):
+        return getattr(getattr(model, "config", None), "vocab_size", None), None
+
+
+def _policy_reserve(model, device, max_rows: int, vocab: int) -> int:
+    """Device bytes a policy pass adds beside the store: a quantized copy of the weights there, a window's scratch."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters() if p.device == device)
+    return weights + 4 * max_rows * vocab * 4
+
+
+def spill_for(run_path: Path, rundir, shard: Shard, ctx, prefer: str = "auto"):
+    """This process's baseline store (device memory or a float16 spill file), checked for room first.
+
+    Raises:
+        ResultsError: neither place can hold it (one line: where, bytes needed, bytes free).
+    """
+    from qeval.results.store import ResultsError
+
+    mine = shard.take(ctx.windows)
     key = {
         "run": rundir.manifest["recipe"]["sha256"] if rundir is not None else None,
         "tokens": None if ctx.token_ids is None else int(ctx.token_ids.numel()),
-        "windows": [[w.begin, w.end, w.first_target] for w in shard.take(ctx.windows)],
+        "windows": [[w.begin, w.end, w.first_target] for w in mine],
         "rank": shard.rank,
         "world": shard.world,
     }
-    return BaselineSpill(Path(run_path) / "spill" / f"baseline_logp.rank{shard.rank}.npy", key)
+    path = Path(run_path) / "spill" / f"baseline_logp.rank{shard.rank}.npy"
+    rows = sum(w.n_targets for w in mine)
+    vocab, device = _logits_shape(ctx.model) if ctx.windows else (None, None)
+    if not rows or not vocab:  # nothing to compare (encoders): an empty store
+        prefer, vocab = "disk", 1
+    max_rows = max((w.n_targets for w in mine), default=0)
+    reserve = _policy_reserve(ctx.model, device, max_rows, vocab) if device is not None else 0
+    try:
+        choice = choose_store(rows, vocab, device=device, spill_path=path, reserve=reserve, prefer=prefer)
+    except StoreSpaceError as err:
+        raise ResultsError(str(err)) from None
+    store = make_store(choice, key)
+    store.choice = choice
+    return store
+
+
+def _store_note(spill) -> dict | None:
+    choice = getattr(spill, "choice", None)
+    return None if choice is None else choice.as_dict()
 
 
 def _target_stop(recipe, baseline: bool):
@@ -145,15 +187,20 @@ def _reference_plan(model):
 
 def evaluate_baseline(recipe, ctx, spill, shard, options) -> dict:
     ref = _reference_plan(ctx.model)
+    devices = peaks.reset(ctx.model)
     t0 = time.perf_counter()
     parts: dict = {}
     metrics = measure(recipe, ctx, spill, shard, options, True, None, "baseline", parts)
-    return {
+    entry = {
         "metrics": metrics,
         "weight_bytes": ref.bytes_before,
         "weight_bytes_measured": measured_weight_bytes(ctx.model, ref),
         "timings": {"eval_s": time.perf_counter() - t0, **parts},
+        "memory": peaks.read(devices),
     }
+    if ctx.windows:
+        entry["kl_store"] = _store_note(spill)
+    return entry
 
 
 def evaluate_as_is(recipe, ctx, baseline_entry, spill, shard, options) -> dict:
@@ -209,6 +256,7 @@ def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, opt
 
     policy = load_policy(source)
     p = plan(ctx.model, policy)
+    devices = peaks.reset(ctx.model)
     t0 = time.perf_counter()
     with quantized(ctx.model, policy, mode=recipe.mode, calibration=ctx.calibration, progress=False) as qplan:
         quantize_s = time.perf_counter() - t0
@@ -220,6 +268,9 @@ def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, opt
         parts: dict = {}
         metrics = measure(recipe, ctx, spill, shard, options, False, baseline_entry.get("metrics"), name, parts)
         eval_s = time.perf_counter() - t1
+        t2 = time.perf_counter()
+    dequantize_s = time.perf_counter() - t2  # restoring the original modules (the context's exit)
+    memory = peaks.read(devices)
     rec, note = _recommendation(recipe, ctx.model, policy)
     entry = {
         "policy": policy.model_dump(mode="json"),
@@ -229,9 +280,13 @@ def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, opt
         "weight_bytes": p.bytes_after,
         "weight_bytes_measured": measured,
         "savings_vs_bf16": 1.0 - p.bytes_after / p.bytes_before if p.bytes_before else 0.0,
-        "timings": {"quantize_s": quantize_s, "eval_s": eval_s, **parts, "measure_bytes_s": measure_bytes_s},
+        "timings": {"quantize_s": quantize_s, "eval_s": eval_s, **parts, "measure_bytes_s": measure_bytes_s,
+                    "dequantize_s": dequantize_s},
         "recommendation": rec,
+        "memory": memory,
     }
+    if ctx.windows:
+        entry["kl_store"] = _store_note(spill)
     if note:
         entry["recommendation_note"] = note
     return entry

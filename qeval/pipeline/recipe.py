@@ -81,6 +81,9 @@ class Metrics(_Strict):
     chunk: int = Field(256, ge=1)  # positions per step of log-softmax / KL (scratch memory)
     confidence: float = Field(0.95, ge=0.5, lt=1)  # of the intervals stored and shown (the gate has its own)
     bootstrap: int = Field(1000, ge=10)  # resamples of windows for the KL p99 interval (seeded with the recipe seed)
+    # where the baseline's log-probs wait for the policies (qeval.evaluate.baseline_store):
+    # auto = device memory when they fit beside a policy pass, else a float16 spill file
+    baseline_store: Literal["auto", "device", "disk"] = "auto"
 
 
 class TaskSpec(_Strict):

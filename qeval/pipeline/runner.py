@@ -273,7 +273,7 @@ def _evaluate_all(recipe, ctx: Context, selected, run_path: Path, rundir, finish
     done_names = [n for n, _ in selected if n in finished]
     if shard.rank == 0 and done_names:
         print(f"qeval: resuming {rundir.path}: reusing {', '.join(done_names)}", file=sys.stderr)
-    spill = passes.spill_for(run_path, rundir, shard, ctx)
+    spill = passes.spill_for(run_path, rundir, shard, ctx, prefer=recipe.metrics.baseline_store)
     step = 0
     if "baseline" not in finished:
         seed_everything(recipe.seed)
@@ -295,6 +295,8 @@ def _evaluate_all(recipe, ctx: Context, selected, run_path: Path, rundir, finish
         if shard.rank == 0:
             rundir.save_policy(name, entry)
         _announce(shard, step, total, name, entry)
+    if spill.where == "device":
+        spill.remove()  # free the device memory it held
 
 
 def _announce(shard: Shard, step: int, total: int, name: str, entry: dict) -> None:

@@ -13,7 +13,7 @@ from qeval.policy import Plan, load_policy, plan as make_plan
 from qeval.policy.modules import _ATTN_RX, fused_expert_params, is_linear
 
 from . import kv as kvmod
-from . import native, quantizer
+from . import native, offload as moves, quantizer
 from .experts import QuantExperts
 from .linear import QuantLinear
 
@@ -56,11 +56,12 @@ def quantize_model(
             rule uses a static scale (``act_scale: static`` with fp8_e4m3,
             fp8_e5m2 or nvfp4 activations, or a kv_cache format).
         progress: show a progress bar (default: when attached to a terminal).
-        offload_original: move the original BF16 modules to the CPU until
-            :func:`dequantize_model` (default: yes in native mode and for a
-            model on a GPU, so that emulation holds only the fake-quantized
-            copy in GPU memory; no for a CPU model, where the originals stay
-            registered under their own names).
+        offload_original: move the original BF16 modules to (pinned) CPU
+            memory until :func:`dequantize_model`. Default: yes in native
+            mode; in emulate mode on a GPU only when the GPU lacks room for
+            the fake-quantized copies beside the originals (then quantize and
+            restore move no weight bytes); no for a CPU model, where the
+            originals stay registered under their own names.
 
     Raises:
         ValueError: bad mode, a model already quantized, native mode not
@@ -117,15 +118,25 @@ def quantize_model(
         undo += kvmod.attach(attn)
         _calibrate(model, [r for r, _ in replaced], attn, calibration, progress)
         offload = offload_original
-        if offload is None:  # GPU memory is the scarce one: don't hold weights twice there
-            offload = mode == "native" or any(p.is_cuda for p in model.parameters())
+        if offload is None:
+            offload = mode == "native" or not _room_beside(model, replaced)
         for new, own in replaced:
             new.finalize(mode, offload=offload and own)
+        moves.settle()
     except BaseException:
         _undo(undo)
         raise
     object.__setattr__(model, STATE, undo)
     return plan
+
+
+def _room_beside(model: nn.Module, replaced: list) -> bool:
+    """Whether the fake-quantized copies fit on the GPUs beside the originals (always for a CPU model)."""
+    need: dict = {}
+    for new, _ in replaced:
+        for p in new.parameters():  # the originals still registered: the copy takes as much
+            need[p.device] = need.get(p.device, 0) + p.numel() * p.element_size()
+    return moves.room_for(model, need)
 
 
 def _move_hook(old: nn.Module, new: nn.Module) -> None:
@@ -186,7 +197,7 @@ def _undo(records: list) -> None:
     for rec in reversed(records):
         if rec[0] == "module":
             _, parent, attr, original, device = rec
-            original.to(device)
+            moves.to_device(original, device)
             setattr(parent, attr, original)
         elif rec[0] == "swap":
             _, mod, pname, p = rec
@@ -203,6 +214,7 @@ def dequantize_model(model: nn.Module) -> nn.Module:
     if records is None:
         raise ValueError("model is not quantized by qeval (nothing to restore)")
     _undo(records)
+    moves.settle()
     return model
 
 

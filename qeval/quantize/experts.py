@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .offload import to_host
 from .weight import QuantWeight
 
 
@@ -50,7 +51,7 @@ class QuantExperts(nn.Module):
             for n, b in biases.items():
                 self.register_buffer(n, b, persistent=False)
         if offload:
-            self.original.to("cpu")
+            to_host(self.original)
 
     def _bias(self, which: str, e: int):
         return getattr(self, f"{which}_bias")[e] if self.has_bias else None

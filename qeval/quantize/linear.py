@@ -7,6 +7,7 @@ from torch import nn
 
 from qeval.policy.modules import is_conv1d
 
+from .offload import to_host
 from .weight import QuantWeight
 
 
@@ -45,7 +46,7 @@ class QuantLinear(nn.Module):
             del self.weight, self.bias
             self.register_buffer("bias", bias, persistent=False)
         if offload:
-            self.original.to("cpu")  # kept for restore, off the accelerator
+            to_host(self.original)  # kept for restore, off the accelerator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.qweight(x, 0, self.bias)

@@ -54,7 +54,8 @@ class QuantWeight(nn.Module):
                 self.register_buffer("w_hat", w, persistent=False)
             else:
                 fq = [quantizer.fake_quant(self.weights, w[e], role="weight") for e in range(w.shape[0])]
-                self.register_buffer("w_hat", torch.stack(fq), persistent=False)
+                # one weight: a view, not a second copy through stack
+                self.register_buffer("w_hat", fq[0].unsqueeze(0) if len(fq) == 1 else torch.stack(fq), persistent=False)
         else:
             self.mode = native.native_kind(self.name, self.weights, self.activations, w.device, self.shape)
             qs = [quantizer.quantize(self.weights, w[e], role="weight") for e in range(w.shape[0])]

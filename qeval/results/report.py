@@ -138,12 +138,15 @@ _COLUMNS = [
     Column("similarity_spearman", "spearman", _metric("similarity_spearman"), lambda v: _fmt(v, ".4f")),
     Column("quantize_s", "quantize s", lambda e, b: (e.get("timings") or {}).get("quantize_s"), lambda v: _fmt(v, ".1f"), baseline=False),
     Column("eval_s", "eval s", lambda e, b: (e.get("timings") or {}).get("eval_s"), lambda v: _fmt(v, ".1f")),
+    Column("gpu_peak", "GPU peak", lambda e, b: (e.get("memory") or {}).get("gpu_peak_bytes"), format_bytes),
+    Column("host_peak", "host peak", lambda e, b: (e.get("memory") or {}).get("host_peak_bytes"), format_bytes),
     Column("gate", "gate", _gate, lambda v: "-" if v is None else str(v), baseline=False),
 ]
 COLUMN_KEYS = [c.key for c in _COLUMNS] + ["task:<name>", "tasks"]
 DEFAULT_COLUMNS = [
     "weight_bytes", "savings_vs_bf16", "perplexity", "perplexity_increase_pct", "kl_mean", "kl_p99",
-    "top1_agreement", "embedding_cosine_mean", "embedding_cosine_min", "similarity_spearman", "tasks", "eval_s", "gate",
+    "top1_agreement", "embedding_cosine_mean", "embedding_cosine_min", "similarity_spearman", "tasks", "eval_s",
+    "gpu_peak", "host_peak", "gate",
 ]
 
 

@@ -83,6 +83,20 @@ class GateVerdict(TypedDict):
     checks: list[GateCheck]
 
 
+class PassMemory(TypedDict, total=False):
+    gpu_peak_bytes: int | None  # allocator peak (max_memory_allocated), reset per pass; max over the model's GPUs
+    host_peak_bytes: int  # peak resident memory of the process (VmHWM)
+    host_peak_scope: Literal["pass", "process"]  # reset per pass, or since the process started
+
+
+class KLStore(TypedDict, total=False):
+    path: Literal["device", "disk"]  # baseline log-probs held in device memory, or spilled to a file
+    dtype: str  # "float32" or "float16" (2 B per entry; rows renormalised on read, argmax kept exact)
+    where: str  # the device, or the spill file
+    bytes_needed: int
+    bytes_free: int  # on that device / disk when the run started
+
+
 class PolicyEntry(TypedDict, total=False):
     name: str
     policy: dict[str, Any]  # the policy as validated, as a dict
@@ -95,6 +109,8 @@ class PolicyEntry(TypedDict, total=False):
     timings: dict[str, float]  # seconds: quantize_s, eval_s, ...
     recommendation: dict[str, Any] | None  # qeval.deploy.recommend output, or None
     gate: GateVerdict | None  # filled by finalize when a gate is given
+    memory: PassMemory  # peaks of this pass (quantize + evaluate + restore)
+    kl_store: KLStore  # where the baseline's log-probs were read from
 
 
 class BaselineEntry(TypedDict, total=False):
@@ -102,6 +118,8 @@ class BaselineEntry(TypedDict, total=False):
     metrics: Metrics  # without KL/top-1/recovery
     weight_bytes: int
     timings: dict[str, float]
+    memory: PassMemory
+    kl_store: KLStore
 
 
 class Environment(TypedDict, total=False):
