@@ -23,6 +23,21 @@ def decode_scale(amax: torch.Tensor, fmax: float) -> torch.Tensor:
     return torch.where(amax == 0, torch.ones_like(amax), div(amax, fmax))
 
 
+def _abs_max(xf: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, bool]:
+    """(max |x| over finite entries, per row or whole; True when every entry was finite).
+
+    One pass (``aminmax``) when all is finite, the usual case; a NaN or Inf
+    shows in that small result, and only then ``finite_abs`` runs.
+    """
+    if xf.numel() == 0:
+        return finite_abs(xf).amax(dim=dim, keepdim=dim is not None), True
+    lo, hi = torch.aminmax(xf, dim=dim, keepdim=dim is not None)
+    m = torch.maximum(hi, -lo)
+    if bool(torch.isfinite(m).all()):
+        return m, True
+    return (finite_abs(xf).amax() if dim is None else finite_abs(xf).amax(dim, keepdim=True)), False
+
+
 @dataclass(frozen=True)
 class FP8Format(Format):
     element: str = "e4m3"
@@ -38,18 +53,21 @@ class FP8Format(Format):
     def _quantize(self, x: torch.Tensor, amax: torch.Tensor | None, role: Role) -> QTensor:
         xf = x.float()
         fmax = FP8_MAX[self.dtype]
-        padded = False
+        padded, finite = False, False
         if self.granularity == "tensor":
-            scale = decode_scale(amax if amax is not None else finite_abs(xf).amax(), fmax)
+            if amax is None:
+                amax, finite = _abs_max(xf, None)
+            scale = decode_scale(amax, fmax)
             expanded = scale
         elif self.granularity == "row":
-            scale = decode_scale(finite_abs(xf).amax(-1, keepdim=True), fmax)
+            a, finite = _abs_max(xf, -1)
+            scale = decode_scale(a, fmax)
             expanded = scale
         else:
             xf, padded = pad_last(xf, BLOCK)
             scale = decode_scale(self._block_amax(xf, role), fmax)
             expanded = self._expand(scale, xf.shape, role)
-        q = cast_fp8(xf / expanded, self.dtype)
+        q = cast_fp8(xf / expanded, self.dtype, finite=finite)
         return QTensor(q, scale, None, x.shape, self, padded=padded, role=role)
 
     def _block_amax(self, xp: torch.Tensor, role: Role) -> torch.Tensor:
@@ -72,7 +90,8 @@ class FP8Format(Format):
         scale = q.scale
         if self.granularity == "block128":
             scale = self._expand(scale, q.data.shape, q.role)
-        return crop_last(q.data.float() * scale, q.shape).to(dtype)
+        out = q.data.to(torch.float32).mul_(scale) if scale.dtype == torch.float32 else q.data.float() * scale
+        return crop_last(out, q.shape).to(dtype)
 
     def nbytes(self, shape: tuple[int, ...], role: Role = "weight") -> int:
         numel = math.prod(shape)

@@ -1,0 +1,82 @@
+"""CPU evaluation speed of each emulated policy as a share of the baseline's, in one run (issue 11).
+
+    PYTHONPATH=. python benchmarks/bench_cpu.py [recipes/quickstart.yaml] [--tokens 1024] [--repeats 3]
+
+The recipe's model, text and windows; each policy quantized once (not timed),
+then its evaluation pass (forward, log-softmax, KL and top-1 against the
+baseline held in memory) timed alternately with the baseline's own pass, so
+that load on a shared machine hits both alike. Prints the median seconds and
+speed = baseline time / policy time (the target: >= 0.85 for every policy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from qeval.evaluate.baseline_store import DeviceSpill
+from qeval.evaluate.stream import Shard, lm_pass
+from qeval.pipeline.recipe import load_recipe
+from qeval.pipeline.runner import RunOptions, _prepare, apply_overrides
+from qeval.quantize import dequantize_model, quantize_model
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("recipe", nargs="?", default="recipes/quickstart.yaml")
+    p.add_argument("--tokens", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--policies", help="comma-separated (default: the recipe's)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    recipe, _ = load_recipe(args.recipe)
+    apply_overrides(recipe, RunOptions(limit_tokens=args.tokens))
+    ctx = _prepare(recipe, None, RunOptions(progress=False), Shard())
+    store = DeviceSpill("cpu", "float32")
+    chunk = recipe.metrics.chunk
+
+    def base_pass():
+        lm_pass(ctx.model, ctx.token_ids, ctx.windows, store, baseline=True, chunk=chunk, progress=False)
+
+    base_pass()  # warm-up, and the store every policy reads
+    names = args.policies.split(",") if args.policies else recipe.policy_names()
+    rows = []
+    for name, source in zip(recipe.policy_names(), recipe.policies):
+        if name not in names:
+            continue
+        quantize_model(ctx.model, source, mode=recipe.mode, calibration=ctx.calibration, progress=False)
+        fn = lambda: lm_pass(ctx.model, ctx.token_ids, ctx.windows, store, baseline=False, chunk=chunk,  # noqa: E731
+                             progress=False)
+        fn()  # warm-up
+        qt, bt = [], []
+        for _ in range(args.repeats):
+            qt.append(timed(fn))
+            dequantize_model(ctx.model)
+            bt.append(timed(lambda: lm_pass(ctx.model, ctx.token_ids, ctx.windows, store, baseline=False,
+                                            chunk=chunk, progress=False)))
+            quantize_model(ctx.model, source, mode=recipe.mode, calibration=ctx.calibration, progress=False)
+        dequantize_model(ctx.model)
+        ratios = [b / q for b, q in zip(bt, qt)]
+        rows.append((name, statistics.median(bt), statistics.median(qt), statistics.median(ratios), min(ratios)))
+        print(rows[-1], flush=True)
+    print(f"\n{recipe.name}: {len(ctx.token_ids)} tokens, {len(ctx.windows)} windows, {args.threads} threads, "
+          f"{args.repeats} alternating repeats")
+    print("policy | baseline s (median) | policy s (median) | speed vs baseline (median of pairs) | worst pair")
+    for n, b, q, r, lo in rows:
+        print(f"{n} | {b:.2f} | {q:.2f} | {r:.2f}x | {lo:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
