@@ -206,18 +206,23 @@ def evaluate_baseline(recipe, ctx, spill, shard, options) -> dict:
 def evaluate_as_is(recipe, ctx, baseline_entry, spill, shard, options) -> dict:
     """The model as it is (quantized by another tool) against the baseline; bytes as held."""
     ref = _reference_plan(ctx.model)
+    devices = peaks.reset(ctx.model)
     t0 = time.perf_counter()
     parts: dict = {}
     metrics = measure(recipe, ctx, spill, shard, options, False, baseline_entry.get("metrics"), "model", parts)
     measured = measured_weight_bytes(ctx.model, ref)
     base_bytes = baseline_entry.get("weight_bytes")
-    return {
+    entry = {
         "metrics": metrics,
         "weight_bytes": measured,
         "weight_bytes_measured": measured,
         "savings_vs_bf16": 1.0 - measured / base_bytes if base_bytes else None,
         "timings": {"eval_s": time.perf_counter() - t0, **parts},
+        "memory": peaks.read(devices),
     }
+    if ctx.windows:
+        entry["kl_store"] = _store_note(spill)
+    return entry
 
 
 def ensure_baseline_state(recipe, ctx, spill, shard, options) -> None:
