@@ -58,7 +58,7 @@ def layer_budget(cfg, gpus: int, share: float) -> int:
     return max(1, min(cfg.num_hidden_layers, int((room - fixed) // per_layer)))
 
 
-def build_model(size: str, share: float, tiny: bool = False):
+def build_model(size: str, share: float, tiny: bool = False, gpus: int | None = None):
     """Random bf16 Llama of ``size``'s shape on the visible GPUs; returns (model, note)."""
     from accelerate import dispatch_model, init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
@@ -68,7 +68,7 @@ def build_model(size: str, share: float, tiny: bool = False):
     if tiny:  # a CPU smoke test of this script
         cfg.update({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                     "num_key_value_heads": 2, "vocab_size": 1000})
-    gpus = torch.cuda.device_count()
+    gpus = torch.cuda.device_count() if gpus is None else min(gpus, torch.cuda.device_count())
     where = (lambda d: f"cuda:{d}") if gpus else (lambda d: "cpu")
     full = cfg.num_hidden_layers
     cfg.num_hidden_layers = layer_budget(cfg, gpus, share)
@@ -164,6 +164,26 @@ def run_qeval(model, tok, text_path: Path, work: Path, tokens: int, window: int,
     return json.loads(Path(path).read_text()), poll.peak
 
 
+def first_quantize(model, tok, text_path: Path) -> str:
+    """Quantize + restore once per policy before the timed runs (compiles the kernels); their seconds."""
+    from qeval.data import calibration_batches
+    from qeval.quantize import dequantize_model, quantize_model
+
+    calib = [b.to(model.get_input_embeddings().weight.device)
+             for b in calibration_batches(tok, {"source": "file", "path": str(text_path)}, 2, 256)]
+    out = []
+    for name in ("fp8-dynamic", "nvfp4"):
+        _sync()
+        t = time.perf_counter()
+        quantize_model(model, name, calibration=calib, progress=False)
+        _sync()
+        t1 = time.perf_counter()
+        dequantize_model(model)
+        _sync()
+        out.append(f"{name} {t1 - t:.2f} + {time.perf_counter() - t1:.2f} s")
+    return ", ".join(out)
+
+
 def gib(n) -> str:
     return "-" if n is None else f"{n / 2**30:.2f}"
 
@@ -198,7 +218,7 @@ def table(rows, cols):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="8b,70b")
+    p.add_argument("--models", default="8b:1,70b", help="sizes, each optionally :GPUs to use (default: all)")
     p.add_argument("--tokens", type=int, default=16384)
     p.add_argument("--window", type=int, default=2048)
     p.add_argument("--stores", default="auto", help="baseline stores to run: auto, device, disk (comma-separated)")
@@ -224,8 +244,13 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         work = Path(tmp)
-        for size in args.models.split(","):
-            model, note = build_model(size, args.weight_share, args.tiny)
+        for spec in args.models.split(","):
+            size, _, n_gpus = spec.partition(":")
+            try:
+                model, note = build_model(size, args.weight_share, args.tiny, int(n_gpus) if n_gpus else None)
+            except torch.cuda.OutOfMemoryError as err:
+                print(f"{size}: skipped, it does not fit: {str(err).splitlines()[0]}", flush=True)
+                continue
             tok = word_tokenizer(model.config.vocab_size)
             g = torch.Generator().manual_seed(1)
             words = torch.randint(3, model.config.vocab_size, (args.tokens + 64,), generator=g).tolist()
@@ -233,6 +258,8 @@ def main(argv=None) -> int:
             text_path.write_text(" ".join(f"w{i}" for i in words))
             ids = torch.tensor(words[: args.tokens])
             plain = plain_forward(model, ids, args.window)
+            cold = first_quantize(model, tok, text_path)
+            print(f"{size}: first quantize + dequantize in this process (Triton JIT included): {cold}", flush=True)
             for store in args.stores.split(","):
                 torch.cuda.empty_cache()
                 res, peak_dir = run_qeval(model, tok, text_path, work, args.tokens, args.window, store)

@@ -172,3 +172,38 @@ def test_host_peak_is_reset_per_pass():
     assert first["host_peak_bytes"] >= (300 << 20)
     if first["host_peak_scope"] == "pass":
         assert second["host_peak_bytes"] < first["host_peak_bytes"] - (200 << 20)
+
+
+def test_restore_frees_the_fake_quantized_copy_even_under_an_accelerate_hook():
+    """A device_map hook puts the replacement in a reference cycle; restore must not wait for the collector."""
+    import gc
+    import weakref
+
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    from conftest import input_ids
+    from qeval.quantize import dequantize_model, quantize_model
+
+    model = tiny_llama()
+    ids = input_ids()
+    with torch.no_grad():
+        want = model(ids).logits
+    target = model.model.layers[0].mlp.down_proj
+    add_hook_to_module(target, ModelHook())
+    quantize_model(model, "fp8-dynamic", progress=False)
+    replacement = model.model.layers[0].mlp.down_proj
+    assert replacement is not target and replacement.qweight.w_hat is not None
+    w_hat = weakref.ref(replacement.qweight.w_hat)
+    ref = weakref.ref(replacement)
+    del replacement
+    gc.disable()
+    try:
+        dequantize_model(model)
+        assert w_hat() is None  # the copy is gone without a garbage collection
+    finally:
+        gc.enable()
+    gc.collect()
+    assert ref() is None
+    assert model.model.layers[0].mlp.down_proj is target
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, want)

@@ -197,8 +197,11 @@ def _undo(records: list) -> None:
     for rec in reversed(records):
         if rec[0] == "module":
             _, parent, attr, original, device = rec
-            moves.to_device(original, device)
+            replacement = getattr(parent, attr)
             setattr(parent, attr, original)
+            if replacement is not original:
+                _release(replacement)  # its quantized copy leaves before the original comes back
+            moves.to_device(original, device)
         elif rec[0] == "swap":
             _, mod, pname, p = rec
             mod._parameters[pname] = p
@@ -206,6 +209,21 @@ def _undo(records: list) -> None:
             del rec[1]._qeval_kv
         elif rec[0] == "config":
             rec[1]._attn_implementation_internal = rec[2]
+
+
+def _release(module: nn.Module) -> None:
+    """Free a discarded replacement's own tensors now, not whenever the garbage collector runs.
+
+    An accelerate hook (device_map) makes the module part of a reference cycle,
+    so without this its fake-quantized copy would outlive the restore: on a full
+    GPU the originals coming back would not fit.
+    """
+    if getattr(module, "_hf_hook", None) is not None:
+        from accelerate.hooks import remove_hook_from_module
+
+        remove_hook_from_module(module)
+    for m in module.modules():
+        m._buffers.clear()  # codes, scales, fake-quantized weights; parameters are the original's
 
 
 def dequantize_model(model: nn.Module) -> nn.Module:
