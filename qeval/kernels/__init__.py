@@ -87,7 +87,8 @@ def _run(fmt, x, amax, role, fake):
         return None
     from . import launch
 
-    return launch.run(fmt, x, amax, role, fake)
+    with torch.cuda.device(x.device):  # Triton launches on the current device, not the tensor's
+        return launch.run(fmt, x, amax, role, fake)
 
 
 def dequantize(q, dtype: torch.dtype = torch.float32):
@@ -100,14 +101,16 @@ def dequantize(q, dtype: torch.dtype = torch.float32):
         return None
     from . import launch
 
-    return launch.dequantize(q, dtype)
+    with torch.cuda.device(q.data.device):
+        return launch.dequantize(q, dtype)
 
 
 def global_amax(x: torch.Tensor) -> torch.Tensor:
     """Finite max |x| of a CUDA tensor in one pass, as a float32 tensor of shape [1]."""
     from . import launch
 
-    return launch.global_amax(x)
+    with torch.cuda.device(x.device):
+        return launch.global_amax(x)
 
 
 def __getattr__(name):  # the FP8 GEMM helpers import Triton only when used
