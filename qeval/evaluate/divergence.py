@@ -99,7 +99,7 @@ class BaselineSpill:
 
     where = "disk"
 
-    def __init__(self, path: Path, key: dict, dtype: str = "float16"):
+    def __init__(self, path: Path, key: dict, dtype: str = "float32"):
         if dtype not in SPILL_DTYPES:
             raise ValueError(f"spill dtype must be one of {sorted(SPILL_DTYPES)}, got {dtype!r}")
         self.path = Path(path)
