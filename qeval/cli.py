@@ -28,6 +28,7 @@ COMMANDS = {
     "recommend": "qeval.commands.recommend",
     "sensitivity": "qeval.commands.sensitivity",
     "search": "qeval.commands.search",
+    "export": "qeval.commands.export",
 }
 
 

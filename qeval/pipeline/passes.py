@@ -207,10 +207,19 @@ def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, opt
     from qeval.policy import load_policy, plan
     from qeval.quantize import quantized
 
-    policy = load_policy(source)
+    if isinstance(source, dict) and "checkpoint" in source:  # stored packed weights (qeval.export)
+        from qeval.export import read_checkpoint
+        from qeval.export.load import applied_checkpoint, checkpoint_policy
+
+        ckpt = read_checkpoint(source["checkpoint"])
+        policy = checkpoint_policy(ctx.model, ckpt, name)
+        applied = applied_checkpoint(ctx.model, ckpt, mode=recipe.mode)
+    else:
+        policy = load_policy(source)
+        applied = quantized(ctx.model, policy, mode=recipe.mode, calibration=ctx.calibration, progress=False)
     p = plan(ctx.model, policy)
     t0 = time.perf_counter()
-    with quantized(ctx.model, policy, mode=recipe.mode, calibration=ctx.calibration, progress=False) as qplan:
+    with applied as qplan:
         quantize_s = time.perf_counter() - t0
         p = qplan if qplan is not None and hasattr(qplan, "bytes_after") else p
         t1 = time.perf_counter()

@@ -269,6 +269,16 @@ def _check_policies(path: Path, recipe: Recipe) -> None:
         label = entry if isinstance(entry, str) else str(entry.get("name"))
         if label == "baseline":
             raise RecipeError(f"{path}: field 'policies[{i}]': 'baseline' is reserved for the unquantized model")
+        if is_checkpoint_entry(entry):  # stored packed weights: checked by reading the folder
+            _check_checkpoint(path, i, entry)
+            name = label
+            if not _FILE_SAFE.fullmatch(name):
+                raise RecipeError(f"{path}: field 'policies[{i}]': policy name {name!r} cannot name a results file: "
+                                  "use letters, digits and . _ + -")
+            if name in names:
+                raise RecipeError(f"{path}: field 'policies[{i}]': policy {name!r} is listed twice")
+            names.append(name)
+            continue
         try:
             policy = load_policy(entry)
         except Exception as err:  # noqa: BLE001 - policy errors are one-line ValueErrors; keep the message
@@ -286,6 +296,29 @@ def _check_policies(path: Path, recipe: Recipe) -> None:
             raise RecipeError(f"{path}: field 'policies[{i}]': policy {name!r} is listed twice")
         names.append(name)
     recipe._names = names
+
+
+def is_checkpoint_entry(entry) -> bool:
+    """A policy entry ``{name: ..., checkpoint: DIR}``: evaluate a stored checkpoint (``qeval.export``)."""
+    return isinstance(entry, dict) and "checkpoint" in entry
+
+
+def _check_checkpoint(path: Path, index: int, entry: dict) -> None:
+    """The folder exists and reads as a checkpoint; a relative folder is taken from the recipe's folder."""
+    from qeval.export import ExportError, read_checkpoint
+
+    extra = set(entry) - {"name", "checkpoint", "description"}
+    if extra:
+        raise RecipeError(f"{path}: field 'policies[{index}].{sorted(extra)[0]}': unknown field "
+                          "(a checkpoint entry has name, checkpoint, description)")
+    folder = Path(str(entry["checkpoint"])).expanduser()
+    if not folder.is_absolute() and not folder.exists() and (path.parent / folder).exists():
+        folder = path.parent / folder
+    entry["checkpoint"] = str(folder)
+    try:
+        read_checkpoint(folder)
+    except ExportError as err:
+        raise RecipeError(f"{path}: field 'policies[{index}]' ({entry.get('name')}): {err}") from None
 
 
 def _check_gate(path: Path, recipe: Recipe) -> None:
