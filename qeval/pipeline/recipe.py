@@ -111,7 +111,7 @@ class Hardware(_Strict):
 class Recipe(_Strict):
     name: str | None = None  # default: the file's stem
     description: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # torch, numpy and random all take it
     model: ModelSpec
     eval_data: TextSource | None = None  # causal LMs: text for perplexity, KL, top-1
     calibration: Calibration | None = None
@@ -321,9 +321,19 @@ def _check_checkpoint(path: Path, index: int, entry: dict) -> None:
         raise RecipeError(f"{path}: field 'policies[{index}]' ({entry.get('name')}): {err}") from None
 
 
+def _beside_recipe(recipe_path: Path, name: str) -> Path:
+    """A relative file named in a recipe: in the recipe's folder when it is there, else as given (cwd)."""
+    file = Path(name).expanduser()
+    if not file.is_absolute() and (recipe_path.parent / file).exists():
+        return recipe_path.parent / file
+    return file
+
+
 def _check_gate(path: Path, recipe: Recipe) -> None:
     if recipe.gate is None:
         return
+    if isinstance(recipe.gate, str) and (Path(recipe.gate).suffix in (".yaml", ".yml") or "/" in recipe.gate):
+        recipe.gate = str(_beside_recipe(path, recipe.gate))  # like eval_data.path: from the recipe's folder
     from qeval.results.gate import GateError, parse_gate, resolve_gate
 
     try:
@@ -344,10 +354,8 @@ def _check_local_text(path: Path, recipe: Recipe) -> None:
     for field, spec in (("eval_data", recipe.eval_data), ("calibration", recipe.calibration)):
         if spec is None or spec.source != "file":
             continue
-        file = Path(spec.path).expanduser()
-        if not file.is_absolute() and not file.exists() and (path.parent / file).exists():
-            file = path.parent / file
-            spec.path = str(file)
+        file = _beside_recipe(path, spec.path)
+        spec.path = str(file)
         try:
             read_utf8(file)
         except DataError as err:

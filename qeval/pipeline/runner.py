@@ -140,6 +140,16 @@ def run_recipe(recipe_path: str | Path, options: RunOptions | None = None) -> Pa
             if shard.world > 1:  # tell the other ranks, who wait for the run directory
                 distributed.share_run(None, shard, str(err))
             raise
+    try:
+        return _run_in(recipe, options, overrides, selected, shard, device, rundir)
+    finally:
+        if rundir is not None:
+            rundir.release()
+
+
+def _run_in(recipe, options, overrides, selected, shard, device, rundir) -> Path:
+    from qeval.evaluate import distributed
+
     run_path, finished = distributed.share_run(rundir, shard)
     started = _now()
     fresh = rundir is not None and not rundir.resumed
@@ -242,7 +252,13 @@ def _prepare(recipe: Recipe, device, options: RunOptions, shard: Shard) -> Conte
         ppl = recipe.metrics.perplexity
         window = ppl.window if ppl is not None else 1024
         stride = (ppl.stride or window) if ppl is not None else window
-        windows = sliding_windows(int(token_ids.numel()), min(window, int(token_ids.numel())), min(stride, window))
+        n = int(token_ids.numel())
+        if n < 2:
+            from qeval.data import DataError
+
+            raise DataError(f"eval_data gives {n} token(s) with this tokenizer; at least 2 are needed to score one")
+        window = min(window, n)  # a text shorter than the window: one window over all of it
+        windows = sliding_windows(n, window, min(stride, window))
     calibration = None
     if recipe.calibration is not None:
         c = recipe.calibration
