@@ -71,8 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=lambda args, m=module: m.run(args))  # looked up per call (tests patch it)
     return parser
+
+
+_PARSER: list = []
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The parser, built once per process (``main`` may be called many times, as tests do)."""
+    if not _PARSER:
+        _PARSER.append(build_parser())
+    return _PARSER[0]
 
 
 def _version() -> str:
@@ -84,7 +94,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    parser = build_parser()
+    parser = _parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version, a usage error: argparse's own exit code

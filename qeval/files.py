@@ -43,6 +43,8 @@ def decode_utf8(raw: bytes, where: str | os.PathLike, what: str = "file", error:
 # anchors that each repeat the previous one expand to gigabytes when read as plain data).
 MAX_YAML_BYTES = 10 * 2**20
 MAX_YAML_NODES = 1_000_000  # nodes after expanding aliases
+# libyaml's parser when pyyaml has it: the same safe constructor, ~10x faster, nesting capped at 1000
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _expanded_size(node, memo: dict, active: set) -> int:
@@ -65,7 +67,7 @@ def _expanded_size(node, memo: dict, active: set) -> int:
 
 def _safe_load_bounded(text: str) -> Any:
     """``yaml.safe_load`` that refuses a document expanding past ``MAX_YAML_NODES`` nodes."""
-    loader = yaml.SafeLoader(text)
+    loader = _LOADER(text)
     try:
         node = loader.get_single_node()
         if node is None:

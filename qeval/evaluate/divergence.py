@@ -9,6 +9,7 @@ every policy's pass reads back one window at a time.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -81,6 +82,19 @@ class BaselineSpill:
         if self.marker.exists():
             self.marker.unlink()
         self._mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32, shape=(max(total, 1), vocab))
+        self._reserve()
+
+    def _reserve(self) -> None:
+        """Allocate the file's blocks now: a full disk is an OSError here, not a SIGBUS (rc 135, no
+        message) when a page of the sparse file is written later."""
+        try:
+            with open(self.path, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as err:
+            if err.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve
+                return
+            self.remove()
+            raise OSError(err.errno, err.strerror or "cannot allocate", str(self.path)) from None
 
     def open_read(self, rows_per_window: dict[int, int]) -> None:
         self._layout(rows_per_window)

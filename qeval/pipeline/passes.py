@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -19,13 +20,17 @@ EMPTY_METRICS = {
     "perplexity": None, "perplexity_tokens": None, "kl_mean": None, "kl_p99": None,
     "top1_agreement": None, "tokens": None, "tasks": {},
     "embedding_cosine_mean": None, "embedding_cosine_min": None, "similarity_spearman": None,
+    "nonfinite_logits": None,
 }  # a text pass adds "ci" (intervals) and "windows" (per-window sums): see qeval.results.schema
 
 
-def spill_for(run_path: Path, rundir, shard: Shard, ctx) -> BaselineSpill:
-    """This process's baseline spill file in the run directory, keyed by what it holds."""
+def spill_for(run_path: Path, rundir, shard: Shard, ctx, inputs: str | None = None) -> BaselineSpill:
+    """This process's baseline spill file in the run directory, keyed by what it holds.
+
+    ``inputs``: the hash of the baseline's inputs (``qeval.pipeline.depends.key``).
+    """
     key = {
-        "run": rundir.manifest["recipe"]["sha256"] if rundir is not None else None,
+        "inputs": inputs,
         "tokens": None if ctx.token_ids is None else int(ctx.token_ids.numel()),
         "windows": [[w.begin, w.end, w.first_target] for w in shard.take(ctx.windows)],
         "rank": shard.rank,
@@ -63,6 +68,10 @@ def _lm_metrics(recipe, ctx, spill, shard, options, baseline: bool, desc: str) -
         confidence=recipe.metrics.confidence, replicates=recipe.metrics.bootstrap, seed=recipe.seed,
         stop=_target_stop(recipe, baseline),
     )
+    bad = out.get("nonfinite_logits") or 0
+    if bad and shard.rank == 0:
+        print(f"qeval: warning: {desc}: {bad} of {out.get('perplexity_tokens')} positions have NaN/Inf logits; "
+              "its perplexity, KL and top-1 are not numbers and the gate fails it", file=sys.stderr)
     if recipe.eval_data is not None and recipe.eval_data.target_ci:
         out["ci"]["target"] = dict(recipe.eval_data.target_ci)
     drop = []
@@ -81,7 +90,7 @@ def _lm_metrics(recipe, ctx, spill, shard, options, baseline: bool, desc: str) -
     return out
 
 
-def _sentences(recipe, ctx) -> list[str]:
+def sentences(recipe, ctx) -> list[str]:
     if "sentences" not in ctx.state:
         from qeval.data import load_text
 
@@ -95,7 +104,7 @@ def _embedding_metrics(recipe, ctx, baseline: bool) -> dict:
     from qeval.evaluate.embeddings import cosine_to_baseline, embed
 
     emb = recipe.embeddings
-    vectors = embed(ctx.model, ctx.tokenizer, _sentences(recipe, ctx), emb.max_length, emb.batch_size, ctx.device)
+    vectors = embed(ctx.model, ctx.tokenizer, sentences(recipe, ctx), emb.max_length, emb.batch_size, ctx.device)
     out = {}
     if baseline:
         ctx.state["baseline_embeddings"] = vectors
@@ -183,7 +192,7 @@ def ensure_baseline_state(recipe, ctx, spill, shard, options) -> None:
 
         emb = recipe.embeddings
         ctx.state["baseline_embeddings"] = embed(
-            ctx.model, ctx.tokenizer, _sentences(recipe, ctx), emb.max_length, emb.batch_size, ctx.device
+            ctx.model, ctx.tokenizer, sentences(recipe, ctx), emb.max_length, emb.batch_size, ctx.device
         )
 
 

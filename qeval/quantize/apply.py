@@ -34,6 +34,29 @@ def _device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def check_quantizable(model: nn.Module, plan: Plan, mode: str, device: torch.device | None = None) -> None:
+    """Raise ValueError (one line) for a rule that cannot be applied: activations on a module that
+    is not a linear, or in native mode a format with no kernel on ``device`` (default: where each
+    module's weight is). Reads module types and shapes only, so it works on a meta-device model."""
+    for e in plan.entries:
+        if e.weights is None and e.activations is None:
+            continue
+        mod = model.get_submodule(e.name)
+        if not is_linear(mod) and not fused_expert_params(mod) and e.activations is not None:
+            raise ValueError(
+                f"{e.name} ({type(mod).__name__}, kind {e.kind}): activation quantization works on linear layers and "
+                f"experts only; set `activations: none` for this rule"
+            )
+        if mode == "native" and (is_linear(mod) or fused_expert_params(mod)):
+            if fused_expert_params(mod):
+                p = mod._parameters[fused_expert_params(mod)[0]]
+                shape = tuple(p.shape[-2:])
+            else:
+                w = mod.weight
+                shape = (w.shape[1], w.shape[0]) if getattr(mod, "nf", None) is not None else tuple(w.shape)
+            native.native_kind(e.name, e.weights, e.activations, device or (mod.weight.device if hasattr(mod, "weight") else _device(model)), shape)
+
+
 def quantize_model(
     model: nn.Module,
     policy,
@@ -75,22 +98,7 @@ def quantize_model(
     plan = make_plan(model, policy)
     todo = [e for e in plan.entries if e.weights is not None or e.activations is not None]
 
-    # check everything before changing anything
-    for e in todo:
-        mod = model.get_submodule(e.name)
-        if not is_linear(mod) and not fused_expert_params(mod) and e.activations is not None:
-            raise ValueError(
-                f"{e.name} ({type(mod).__name__}, kind {e.kind}): activation quantization works on linear layers and "
-                f"experts only; set `activations: none` for this rule"
-            )
-        if mode == "native" and (is_linear(mod) or fused_expert_params(mod)):
-            if fused_expert_params(mod):
-                p = mod._parameters[fused_expert_params(mod)[0]]
-                shape = tuple(p.shape[-2:])
-            else:
-                w = mod.weight
-                shape = (w.shape[1], w.shape[0]) if getattr(mod, "nf", None) is not None else tuple(w.shape)
-            native.native_kind(e.name, e.weights, e.activations, mod.weight.device if hasattr(mod, "weight") else _device(model), shape)
+    check_quantizable(model, plan, mode)  # everything before changing anything
 
     undo: list = []
     replaced: list = []

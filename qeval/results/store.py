@@ -222,7 +222,7 @@ class RunDir:
                 _ensure_writable(target / "policies")
                 held = cls(target, {}).lock()  # before reading anything another process may be writing
                 try:
-                    rundir = cls._reopen(target, recipe_path, recipe_sha256)
+                    rundir = cls._reopen(target, recipe_path, recipe_sha256, recipe_config)
                 except BaseException:
                     held.release()
                     raise
@@ -255,17 +255,17 @@ class RunDir:
         return rundir
 
     @classmethod
-    def _reopen(cls, path: Path, recipe_path: str | os.PathLike, recipe_sha256: str) -> "RunDir":
+    def _reopen(cls, path: Path, recipe_path: str | os.PathLike, recipe_sha256: str,
+                recipe_config: dict[str, Any]) -> "RunDir":
         manifest = read_json(path / "run.json")
         if not isinstance(manifest, dict) or not isinstance(manifest.get("recipe"), dict):
             raise ResultsError(f"{path / 'run.json'}: not a qeval run manifest")
         old = manifest["recipe"].get("sha256")
-        if old != recipe_sha256:
-            raise ResultsError(
-                f"cannot resume {path}: recipe {recipe_path} changed since that run "
-                f"(sha256 {str(old)[:12]}... then, {recipe_sha256[:12]}... now); "
-                "run without --resume to start a new run"
-            )
+        if old != recipe_sha256:  # the runner reuses only entries whose inputs are unchanged
+            manifest["recipe"] = {**manifest["recipe"], "path": str(recipe_path), "sha256": recipe_sha256,
+                                  "config": recipe_config}
+            manifest.setdefault("recipe_changes", []).append({"sha256_before": old, "resumed": now_utc()})
+            atomic_write_json(path / "run.json", manifest)
         rundir = cls(path, manifest)
         rundir.resumed = True
         return rundir
@@ -291,13 +291,15 @@ class RunDir:
             record = read_json(file)
             if not isinstance(record, dict) or not isinstance(record.get("entry"), dict):
                 raise ResultsError(f"{file}: not a qeval policy record; delete it to recompute that policy")
-            if record.get("recipe_sha256") != self.manifest["recipe"]["sha256"]:
-                raise ResultsError(
-                    f"{file}: written for another version of the recipe; delete it to recompute that policy"
-                )
             records.append((file.stem, record))
         records.sort(key=lambda r: (r[1].get("saved", ""), r[0]))  # order of completion
         return records
+
+    def set_aside(self, name: str) -> None:
+        """Hide a record computed from other inputs (renamed to ``.stale.<name>.json``, not deleted)."""
+        path = self.policy_file(name)
+        if path.exists():
+            os.replace(path, path.with_name(f".stale.{path.name}"))
 
     def load_finished(self) -> dict[str, dict[str, Any]]:
         """Finished evaluations by name (``"baseline"`` included), in the order they finished."""
