@@ -275,3 +275,29 @@ def test_a_second_process_on_a_locked_run_gets_one_line_naming_the_holder(tmp_pa
     again = RunDir.create(tmp_path, "r", "r.yaml", "0" * 64, {}, run_id="run1", resume=True)  # free now
     assert again.resumed
     again.release()
+
+
+# ---------------------------------------------------------------------------
+# item 8: compare says when runs were measured on different things
+
+
+def test_compare_warns_when_runs_differ_in_model_text_or_tokens(tmp_path, capsys):
+    def run(name, model, text, tokens):
+        res = _results({"p": {"kl_mean": 0.01, "top1_agreement": 0.99}},
+                       baseline={"perplexity": 20.0, "perplexity_tokens": tokens})
+        res["run_id"] = name
+        res["recipe"]["config"] = {"model": {"id": model}, "eval_data": {"source": "file", "path": text}}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(res))
+        return str(path)
+
+    a = run("a", "org/llama", "wiki.txt", 2047)
+    same = run("same", "org/llama", "wiki.txt", 2047)
+    b = run("b", "org/qwen", "news.txt", 511)
+    assert main(["compare", a, same, "--markdown"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["compare", a, b, "--markdown"]) == 0
+    err = capsys.readouterr().err
+    for what in ("model", "evaluation text", "token count"):
+        assert f"qeval compare: warning: runs differ in {what} (" in err, err
+    assert "org/qwen" in err and "511" in err

@@ -126,7 +126,7 @@ def _check(case: str, args: list[str]) -> int:
     assert "Traceback" not in err + out, f"{case}: traceback\n{err[-3000:]}"
     if rc == 2:
         command = f"qeval {args[0]}"
-        lines = [ln for ln in err.splitlines() if ln.startswith(command) or ln.startswith("error:")]
+        lines = [ln for ln in err.splitlines() if ln.startswith(f"{command}: error") or ln.startswith("error:")]
         assert len(lines) == 1, f"{case}: exit 2 must say one error line, got:\n{err[-2000:]}"
     return rc
 
