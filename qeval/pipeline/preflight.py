@@ -190,6 +190,8 @@ def _check_policies(path: Path, recipe: Recipe, selected, model, device) -> list
     warnings = []
     for i, (name, source) in enumerate(selected):
         where = f"{path}: field 'policies[{i}]' ({name})"
+        if isinstance(source, dict) and "checkpoint" in source:  # a stored checkpoint: read when the recipe loaded
+            continue
         try:
             policy = load_policy(source)
             p = plan(model, policy)

@@ -338,7 +338,13 @@ def _inputs(recipe, ctx, selected) -> dict[str, dict]:
     base = depends.baseline_inputs(recipe, ctx, sentences)
     out = {"baseline": base}
     for name, source in selected:
-        out[name] = depends.policy_inputs(base, load_policy(source).model_dump(mode="json"), recipe, ctx)
+        if isinstance(source, dict) and "checkpoint" in source:  # a stored checkpoint: its files are the policy
+            from qeval.models.files import fingerprint
+
+            dump = {**source, "files": fingerprint(Path(source["checkpoint"]))}
+        else:
+            dump = load_policy(source).model_dump(mode="json")
+        out[name] = depends.policy_inputs(base, dump, recipe, ctx)
     return out
 
 
