@@ -216,7 +216,8 @@ def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, opt
         applied = applied_checkpoint(ctx.model, ckpt, mode=recipe.mode)
     else:
         policy = load_policy(source)
-        applied = quantized(ctx.model, policy, mode=recipe.mode, calibration=ctx.calibration, progress=False)
+        applied = quantized(ctx.model, policy, mode=recipe.mode, calibration=ctx.calibration, progress=False,
+                            emulation=recipe.emulation)
     p = plan(ctx.model, policy)
     t0 = time.perf_counter()
     with applied as qplan:
@@ -233,6 +234,7 @@ def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, opt
     entry = {
         "policy": policy.model_dump(mode="json"),
         "mode": recipe.mode,
+        "emulation": recipe.emulation if recipe.mode == "emulate" else None,
         "plan_summary": p.summary(),
         "metrics": metrics,
         "weight_bytes": p.bytes_after,

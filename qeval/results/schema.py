@@ -87,6 +87,7 @@ class PolicyEntry(TypedDict, total=False):
     name: str
     policy: dict[str, Any]  # the policy as validated, as a dict
     mode: str  # "emulate" or "native": which compute path ran
+    emulation: str | None  # emulate mode: "exact" (scales in the epilogue) or "fake_quant"; None when native
     plan_summary: dict[str, Any]  # Plan.summary()
     metrics: Metrics
     weight_bytes: int  # analytic, incl. scales
