@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from qeval.formats import QTensor
+from qeval.formats import QTensor, get_format
+
+from . import quantizer
 
 EMULATIONS = ("exact", "fake_quant")
 KGROUP = 128  # FP8 block128: K-group of the per-group scales
@@ -68,11 +70,11 @@ def operand(q: QTensor, dtype: torch.dtype, src: torch.dtype | None = None) -> t
     return _exactly(_dequantize(inner, torch.float32), dtype), outer
 
 
-def weight_operands(spec: str, w: torch.Tensor, quantize) -> tuple[torch.Tensor, torch.Tensor | None]:
+def weight_operands(spec: str, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Stacked ``[E, N, K]`` inner operands (one dtype for all) and outer scales ``[E, ...]`` of ``w``."""
-    parts = [operand(quantize(spec, w[e], role="weight"), torch.float32) for e in range(w.shape[0])]
-    ops = torch.stack([p[0] for p in parts])
-    op = _exactly(ops, w.dtype)  # the model's dtype when every value fits, else float32
+    parts = [operand(quantizer.quantize(spec, w[e], role="weight"), w.dtype, src=w.dtype) for e in range(w.shape[0])]
+    dtype = w.dtype if all(p[0].dtype == w.dtype for p in parts) else torch.float32  # float32 if any needs it
+    op = torch.stack([p[0].to(dtype) for p in parts])
     outer = None if parts[0][1] is None else torch.stack([p[1] for p in parts])
     return op, outer
 
@@ -121,10 +123,25 @@ def gemm(
         w_outer = None if _grouped(w_outer) else w_outer
     else:
         acc = _mm32(x_op, w_op)
+    return epilogue(acc, x_outer, w_outer, bias, out_dtype)
+
+
+def epilogue(acc: torch.Tensor, x_outer, w_outer, bias, out_dtype: torch.dtype) -> torch.Tensor:
+    """``(acc * x_outer * w_outer + bias).to(out_dtype)``: one fused kernel on CUDA, the same float32 ops here."""
+    if acc.is_cuda:
+        from qeval import kernels
+
+        out = kernels.epilogue(acc, x_outer, w_outer, bias, out_dtype)
+        if out is not None:
+            return out
+    return epilogue_torch(acc, x_outer, w_outer, bias, out_dtype)
+
+
+def epilogue_torch(acc: torch.Tensor, x_outer, w_outer, bias, out_dtype: torch.dtype) -> torch.Tensor:
     if w_outer is not None and w_outer.dim() >= 1:
         w_outer = w_outer.reshape(1, -1)  # per output row of W -> per output column
-    if x_outer is not None and w_outer is not None and x_outer.dim() == 0 and w_outer.dim() == 0:
-        acc = acc * (x_outer * w_outer)  # one FP32 alpha, as cuBLAS takes it
+    if x_outer is not None and w_outer is not None and x_outer.numel() == 1 and w_outer.numel() == 1:
+        acc = acc * (x_outer * w_outer).reshape(())  # one FP32 alpha, as cuBLAS takes it
     else:
         for s in (x_outer, w_outer):
             if s is not None:
@@ -134,6 +151,11 @@ def gemm(
     return acc.to(out_dtype)
 
 
-def act_operand(spec: str, x2: torch.Tensor, amax, dtype: torch.dtype, quantize) -> tuple[torch.Tensor, torch.Tensor | None]:
+def act_operand(spec: str, x2: torch.Tensor, amax, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The activation's inner operand (in ``dtype`` when exact there) and outer scale."""
-    return operand(quantize(spec, x2, amax=amax, role="activation"), dtype, src=x2.dtype)
+    fmt = get_format(spec)
+    if fmt.family in ("mxfp8", "mxfp4") and x2.dtype in (torch.bfloat16, torch.float32) and dtype in (x2.dtype, torch.float32):
+        # MX has no outer scale: its inner operand is the fake-quantized value, exact in a BF16 / FP32
+        # input's own dtype (see _EXACT_FOR_SAME_DTYPE); one fused kernel on CUDA
+        return quantizer.fake_quant(fmt, x2, amax=amax, role="activation").to(dtype), None
+    return operand(quantizer.quantize(fmt, x2, amax=amax, role="activation"), dtype, src=x2.dtype)

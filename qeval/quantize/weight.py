@@ -63,7 +63,7 @@ class QuantWeight(nn.Module):
             if self.weights is None:
                 self.register_buffer("w_hat", w, persistent=False)
             elif self.emulation == "exact":  # w_hat: codes x block scales; w_outer: the epilogue's scales
-                op, outer = gemm.weight_operands(self.weights, w, quantizer.quantize)
+                op, outer = gemm.weight_operands(self.weights, w)
                 self.register_buffer("w_hat", op, persistent=False)
                 self.register_buffer("w_outer", outer, persistent=False)
             else:
@@ -134,7 +134,7 @@ class QuantWeight(nn.Module):
             x_op, x_outer = x2, None
         else:  # on the CPU the GEMM runs in float32 anyway: no cast to the weight's dtype
             dt = w_op.dtype if x.is_cuda else torch.float32
-            x_op, x_outer = gemm.act_operand(self.activations, x2, self._amax(), dt, quantizer.quantize)
+            x_op, x_outer = gemm.act_operand(self.activations, x2, self._amax(), dt)
         out = gemm.gemm(x_op, x_outer, w_op, w_outer, bias, x.dtype)
         return out.reshape(*x.shape[:-1], n)
 

@@ -219,7 +219,10 @@ def table_rows(results_list: list[dict], columns: list[Column], label_runs: bool
         for entry in _entries(results):
             is_base = entry.get("name") == "baseline"
             cells = [("-" if is_base and not c.baseline else c.cell(entry, base)) for c in columns]
-            rows.append(([label] if label_runs else []) + [str(entry.get("name", "?"))] + cells)
+            name = str(entry.get("name", "?"))
+            if entry.get("mx_scale_rule"):  # MX results depend on the scale rule: say which
+                name += f" ({entry['mx_scale_rule']})"
+            rows.append(([label] if label_runs else []) + [name] + cells)
     return headers, rows
 
 
