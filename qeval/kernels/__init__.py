@@ -30,7 +30,7 @@ import os
 import torch
 
 __all__ = [
-    "available", "supports", "quantize", "fake_quant", "dequantize", "epilogue", "global_amax",
+    "available", "supports", "quantize", "fake_quant", "dequantize", "global_amax",
     "fp8_linear", "quantize_fp8_rowwise", "prepare_fp8_weight",
 ]
 
@@ -101,19 +101,6 @@ def dequantize(q, dtype: torch.dtype = torch.float32):
     from . import launch
 
     return launch.dequantize(q, dtype)
-
-
-def epilogue(acc: torch.Tensor, sx, sw, bias, out_dtype: torch.dtype):
-    """``(acc * sx * sw + bias).to(out_dtype)`` in one kernel (the exact emulation's GEMM epilogue), or None.
-
-    ``acc``: float32 ``[M, N]``; ``sx``: None, one value or ``[M, 1]``; ``sw``: None, one value or N values.
-    """
-    if not (available() and acc.is_cuda and acc.dim() == 2 and acc.dtype == torch.float32 and acc.stride(1) == 1
-            and out_dtype in _DTYPES and 0 < acc.numel() < 2**31):
-        return None
-    from .epilogue import epilogue as run
-
-    return run(acc, sx, sw, bias, out_dtype)
 
 
 def global_amax(x: torch.Tensor) -> torch.Tensor:

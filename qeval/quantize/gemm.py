@@ -127,17 +127,11 @@ def gemm(
 
 
 def epilogue(acc: torch.Tensor, x_outer, w_outer, bias, out_dtype: torch.dtype) -> torch.Tensor:
-    """``(acc * x_outer * w_outer + bias).to(out_dtype)``: one fused kernel on CUDA, the same float32 ops here."""
-    if acc.is_cuda:
-        from qeval import kernels
+    """``(acc * x_outer * w_outer + bias).to(out_dtype)`` in float32, one rounding at the end.
 
-        out = kernels.epilogue(acc, x_outer, w_outer, bias, out_dtype)
-        if out is not None:
-            return out
-    return epilogue_torch(acc, x_outer, w_outer, bias, out_dtype)
-
-
-def epilogue_torch(acc: torch.Tensor, x_outer, w_outer, bias, out_dtype: torch.dtype) -> torch.Tensor:
+    On a GPU these are a few passes over the float32 ``[M, N]`` accumulator
+    (a fused kernel would make them one; see benchmarks/bench_emulation.py).
+    """
     if w_outer is not None and w_outer.dim() >= 1:
         w_outer = w_outer.reshape(1, -1)  # per output row of W -> per output column
     if x_outer is not None and w_outer is not None and x_outer.numel() == 1 and w_outer.numel() == 1:
