@@ -123,7 +123,7 @@ def test_run_writes_results_with_the_documented_shape(first_run):
         assert p["savings_vs_bf16"] == pytest.approx(1 - p["weight_bytes"] / p["plan_summary"]["bytes_before"])
         assert p["weight_bytes_measured"] > 0 and set(p["timings"]) >= {"quantize_s", "eval_s"}
         assert p["gate"]["checks"] and isinstance(p["gate"]["passed"], bool)
-        assert p["mode"] == "emulate"
+        assert p["mode"] == "emulate" and p["emulation"] == "exact"
         # intervals around every text metric; per-window sums (one number per window) for paired comparisons
         ci, win = m["ci"], m["windows"]
         assert ci["confidence"] == 0.95 and ci["windows"] == len(win["tokens"]) > 1 and ci["stopped_by"] == "max_tokens"

@@ -211,6 +211,16 @@ def _recommendation(recipe, model, policy) -> tuple[dict | None, str | None]:
         return None, f"recommendation failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
 
 
+def mx_scale_rule(plan) -> str | None:
+    """Which power-of-two scale rule the plan's MX formats use: "rceil" (NVIDIA's Blackwell kernels, Model
+    Optimizer), "floor" (the OCP spec), "floor+rceil" when mixed; None without MX."""
+    from qeval.formats import get_format
+
+    rules = {get_format(s).rounding for e in plan.entries for s in (e.weights, e.activations)
+             if s and get_format(s).family in ("mxfp8", "mxfp4")}
+    return "+".join(sorted(rules)) or None
+
+
 def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, options) -> dict:
     """Quantize with one policy, measure against the baseline, restore the original modules."""
     from qeval.policy import load_policy, plan
@@ -225,7 +235,8 @@ def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, opt
         applied = applied_checkpoint(ctx.model, ckpt, mode=recipe.mode)
     else:
         policy = load_policy(source)
-        applied = quantized(ctx.model, policy, mode=recipe.mode, calibration=ctx.calibration, progress=False)
+        applied = quantized(ctx.model, policy, mode=recipe.mode, calibration=ctx.calibration, progress=False,
+                            emulation=recipe.emulation)
     p = plan(ctx.model, policy)
     t0 = time.perf_counter()
     with applied as qplan:
@@ -242,6 +253,8 @@ def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, opt
     entry = {
         "policy": policy.model_dump(mode="json"),
         "mode": recipe.mode,
+        "emulation": recipe.emulation if recipe.mode == "emulate" else None,
+        "mx_scale_rule": mx_scale_rule(p),
         "plan_summary": p.summary(),
         "metrics": metrics,
         "weight_bytes": p.bytes_after,

@@ -117,6 +117,9 @@ class Recipe(_Strict):
     calibration: Calibration | None = None
     policies: list[str | dict[str, Any]] = Field(min_length=1)
     mode: Literal["emulate", "native"] = "emulate"
+    # emulate: "exact" = the tensor core's arithmetic (block-scaled operands, FP32 accumulation, per-tensor /
+    # per-row scales on the output); "fake_quant" = a matmul of fake-quantized tensors in the model's dtype
+    emulation: Literal["exact", "fake_quant"] = "exact"
     metrics: Metrics = Field(default_factory=Metrics)
     tasks: list[TaskSpec] = Field(default_factory=list)
     embeddings: EmbeddingConfig | None = None

@@ -15,6 +15,7 @@ from qeval.policy.modules import _ATTN_RX, fused_expert_params, is_linear
 from . import kv as kvmod
 from . import native, quantizer
 from .experts import QuantExperts
+from .gemm import EMULATIONS
 from .linear import QuantLinear
 
 MODES = ("emulate", "native")
@@ -64,6 +65,7 @@ def quantize_model(
     calibration: Iterable | None = None,
     progress: bool | None = None,
     offload_original: bool | None = None,
+    emulation: str = "exact",
 ) -> Plan:
     """Quantize ``model`` in place under ``policy`` and return the plan.
 
@@ -84,6 +86,12 @@ def quantize_model(
             model on a GPU, so that emulation holds only the fake-quantized
             copy in GPU memory; no for a CPU model, where the originals stay
             registered under their own names).
+        emulation: how ``mode="emulate"`` computes a quantized linear:
+            ``"exact"`` (default) as the tensor core does: codes x block
+            scales as exact operands, FP32 accumulation, per-tensor / per-row
+            scales applied to the output (``qeval/quantize/gemm.py``);
+            ``"fake_quant"``: a matmul of fake-quantized tensors in the model's
+            dtype (the scales folded in and rounded to that dtype).
 
     Raises:
         ValueError: bad mode, a model already quantized, native mode not
@@ -92,6 +100,8 @@ def quantize_model(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if emulation not in EMULATIONS:
+        raise ValueError(f"emulation must be one of {EMULATIONS}, got {emulation!r}")
     if getattr(model, STATE, None) is not None:
         raise ValueError("model is already quantized; call qeval.dequantize_model(model) first")
     policy = load_policy(policy)
@@ -107,9 +117,9 @@ def quantize_model(
             mod = model.get_submodule(e.name)
             parent, attr = _parent(model, e.name)
             if fused_expert_params(mod) and not is_linear(mod):
-                new = QuantExperts(mod, e.name, e.weights, e.activations, e.act_scale)
+                new = QuantExperts(mod, e.name, e.weights, e.activations, e.act_scale, emulation)
             elif is_linear(mod):
-                new = QuantLinear(mod, e.name, e.weights, e.activations, e.act_scale)
+                new = QuantLinear(mod, e.name, e.weights, e.activations, e.act_scale, emulation)
             else:  # embedding, non-linear router: weights only, swapped in place
                 p = mod.weight
                 fq = quantizer.fake_quant(e.weights, p.detach(), role="weight")

@@ -88,6 +88,8 @@ class PolicyEntry(TypedDict, total=False):
     name: str
     policy: dict[str, Any]  # the policy as validated, as a dict
     mode: str  # "emulate" or "native": which compute path ran
+    emulation: str | None  # emulate mode: "exact" (scales in the epilogue) or "fake_quant"; None when native
+    mx_scale_rule: str | None  # MX formats' scale rule: "rceil", "floor" (OCP) or "floor+rceil"; None without MX
     plan_summary: dict[str, Any]  # Plan.summary()
     metrics: Metrics
     weight_bytes: int  # analytic, incl. scales
