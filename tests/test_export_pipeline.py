@@ -42,7 +42,9 @@ def test_checkpoint_entries_give_the_metrics_of_the_policies_they_came_from(ship
     policies = ["nvfp4-weight-only", {"name": "shipped-nvfp4a16", "checkpoint": "nvfp4a16"},
                 "fp8", {"name": "shipped-fp8", "checkpoint": str(shipped / "fp8")}]
     recipe = shipped / "gate-shipped.yaml"  # relative checkpoint folders are taken from the recipe's folder
-    recipe.write_text(yaml.safe_dump(recipe_dict(shipped, policies=policies)), encoding="utf-8")
+    # a checkpoint's weights run dequantized to the model's dtype: the policies' fake_quant arithmetic
+    recipe.write_text(yaml.safe_dump({**recipe_dict(shipped, policies=policies), "emulation": "fake_quant"}),
+                      encoding="utf-8")
     results = json.loads(run_recipe(recipe, _opts(tmp_path)).read_text())
     by = {p["name"]: p for p in results["policies"]}
     keys = ("perplexity", "kl_mean", "kl_p99", "top1_agreement")
@@ -50,6 +52,7 @@ def test_checkpoint_entries_give_the_metrics_of_the_policies_they_came_from(ship
         assert by[policy]["metrics"]["kl_mean"] > 0
         assert {k: by[shipped_name]["metrics"][k] for k in keys} == {k: by[policy]["metrics"][k] for k in keys}
         assert by[shipped_name]["weight_bytes"] == by[policy]["weight_bytes"]
+        assert by[shipped_name]["emulation"] == by[policy]["emulation"] == "fake_quant"
 
 
 def test_a_bad_checkpoint_entry_is_one_line_naming_file_and_tensor(shipped, tmp_path, capsys):

@@ -116,6 +116,7 @@ def applied_checkpoint(model: nn.Module, ckpt: Checkpoint, mode: str = "emulate"
                 saved[key] = p.data
                 p.data = _dequantized(p, parts)
         quantize_model(model, checkpoint_policy(model, ckpt, weights=False), mode="emulate", calibration=[],
+                       emulation="fake_quant",  # the stored weights are already dequantized into the model
                        progress=False, offload_original=False)
         try:
             with torch.no_grad():

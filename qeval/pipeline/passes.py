@@ -226,6 +226,7 @@ def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, opt
     from qeval.policy import load_policy, plan
     from qeval.quantize import quantized
 
+    emulation = recipe.emulation
     if isinstance(source, dict) and "checkpoint" in source:  # stored packed weights (qeval.export)
         from qeval.export import read_checkpoint
         from qeval.export.load import applied_checkpoint, checkpoint_policy
@@ -233,6 +234,7 @@ def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, opt
         ckpt = read_checkpoint(source["checkpoint"])
         policy = checkpoint_policy(ctx.model, ckpt, name)
         applied = applied_checkpoint(ctx.model, ckpt, mode=recipe.mode)
+        emulation = "fake_quant"  # stored weights run dequantized to the model's dtype
     else:
         policy = load_policy(source)
         applied = quantized(ctx.model, policy, mode=recipe.mode, calibration=ctx.calibration, progress=False,
@@ -253,7 +255,7 @@ def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, opt
     entry = {
         "policy": policy.model_dump(mode="json"),
         "mode": recipe.mode,
-        "emulation": recipe.emulation if recipe.mode == "emulate" else None,
+        "emulation": emulation if recipe.mode == "emulate" else None,
         "mx_scale_rule": mx_scale_rule(p),
         "plan_summary": p.summary(),
         "metrics": metrics,
