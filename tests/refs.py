@@ -108,3 +108,50 @@ def samples(kind: str, shape, seed: int, dtype=torch.float32) -> torch.Tensor:
     else:
         raise ValueError(kind)
     return x.to(dtype)
+
+
+def _pad_k(x: torch.Tensor, block: int) -> torch.Tensor:
+    rem = x.shape[-1] % block
+    return x if rem == 0 else torch.nn.functional.pad(x, (0, block - rem))
+
+
+def gemm_parts(spec: str, x: torch.Tensor, role: str = "weight", amax: float | None = None):
+    """(inner, outer) in float64 for a 2-D ``x`` [R, K]: what the tensor core multiplies
+    (element codes x in-GEMM block scales) and the scale applied outside it, broadcast to
+    [R, K] (per tensor, per row or per 128-group of K). ``inner * outer`` is the exact
+    quantized value; the hardware's GEMM is ``sum_k inner_x outer_x inner_w outer_w``."""
+    x64 = x.to(F64)
+    r, k = x64.shape
+    one = torch.ones_like(x64)
+    if spec in ("bf16", "fp16"):
+        return x.to(torch.bfloat16 if spec == "bf16" else torch.float16).to(F64), one
+    if spec.startswith("mx"):
+        emax, vmax, rounder = (8, 448.0, e4m3) if spec.startswith("mxfp8") else (2, 6.0, e2m1)
+        hat, _ = mx_ref(_pad_k(x64, 32), emax, vmax, rounder, "rceil" if spec.endswith(":rceil") else "floor")
+        return hat[:, :k], one  # q x 2^e is exact in float64: no rounding in f32(q * scale)
+    if spec == "nvfp4":
+        xp = _pad_k(x64, 16)
+        a = xp.abs().max() if amax is None else torch.tensor(amax, dtype=F64)
+        s_g = torch.where(a == 0, torch.ones_like(a), f32(a / 2688.0))
+        blocks = xp.reshape(r, -1, 16)
+        s_b = f32(blocks.abs().amax(-1) / f32(6.0 * s_g))
+        s_b = e4m3(torch.where(s_b == 0, torch.ones_like(s_b), s_b).clamp(2.0**-9, 448.0)).unsqueeze(-1)
+        q = e2m1(f32(blocks / f32(s_b * s_g)))
+        return (q * s_b).reshape(r, -1)[:, :k], one * s_g
+    fmax, rounder = (57344.0, e5m2) if spec.startswith("fp8_e5m2") else (448.0, e4m3)
+    if spec in ("fp8_e4m3", "fp8_e5m2"):
+        groups = (x64.abs().max() if amax is None else torch.tensor(amax, dtype=F64)) * one
+    elif spec in ("fp8_e4m3:channel", "fp8_e4m3:token"):
+        groups = x64.abs().amax(-1, keepdim=True) * one
+    else:  # block128: 128x128 weight blocks, 1x128 activation groups
+        xp = _pad_k(x64, 128)
+        kb = xp.shape[-1] // 128
+        if role == "weight":
+            nb = -(-r // 128)
+            a = torch.nn.functional.pad(xp.abs(), (0, 0, 0, nb * 128 - r)).reshape(nb, 128, kb, 128).amax(dim=(1, 3))
+            a = a.repeat_interleave(128, 0)[:r]
+        else:
+            a = xp.abs().reshape(r, kb, 128).amax(-1)
+        groups = a.repeat_interleave(128, -1)[:, :k]
+    s = torch.where(groups == 0, torch.ones_like(groups), f32(groups / fmax))
+    return rounder(f32(x64 / s)), s

@@ -3,7 +3,7 @@
 import math
 
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from qeval.formats import FORMATS, get_format
@@ -32,7 +32,10 @@ def test_fake_quant_is_idempotent(x, spec):
 @given(x=vectors)
 def test_nvfp4_dynamic_requantize_keeps_codes_and_block_scales(x):
     """With a dynamic global scale, re-deriving amax from x_hat may move s_g by an ulp;
-    the E2M1 codes and E4M3 block scales are unchanged."""
+    the E2M1 codes and E4M3 block scales are unchanged. This needs a normal float32
+    global scale (amax / 2688): below that, s_g is subnormal and loses the bits that
+    keep it stable (hypothesis found amax = 9.8e-45)."""
+    assume(x.abs().max().item() >= 6 * 448 * torch.finfo(torch.float32).tiny)
     fmt = get_format("nvfp4")
     q1 = fmt.quantize(x)
     q2 = fmt.quantize(q1.dequantize())

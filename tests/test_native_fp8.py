@@ -142,3 +142,62 @@ def test_native_nvfp4_before_blackwell_names_the_gpu():
     msg = str(err.value)
     print(f"\n{msg}")
     assert torch.cuda.get_device_name() in msg and "Blackwell" in msg and "mode='emulate'" in msg
+
+
+@needs_fp8_gpu
+@pytest.mark.parametrize("policy", ["fp8-dynamic", "fp8"])
+def test_native_fp8_equals_exact_emulation_to_accumulation_order(policy):
+    """Per layer, same input, against float64 of the same FP8 codes and scales: the exact emulation is the
+    correctly rounded result within FP32 accumulation order; native ``_scaled_mm`` differs from it only by
+    its accumulation (Hopper's FP8 tensor cores accumulate with fewer than 24 bits between FP32
+    promotions: DeepSeek-V3 reports about 14), never by how scales or rounding are applied; the old
+    fake-quant emulation misses by far more."""
+    from qeval.formats import get_format
+    from qeval.quantize import quantized
+
+    torch.manual_seed(1)
+    model = build_llama()
+    ids = torch.randint(0, 2048, (2, 128), device="cuda")
+    calib = [torch.randint(0, 2048, (2, 128), device="cuda")]
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n]
+    inputs = {}
+    hooks = [
+        model.get_submodule(n).register_forward_pre_hook((lambda n: lambda m, a: (inputs.setdefault(n, a[0]), None)[1])(n))
+        for n in names
+    ]
+    weights = {n: model.get_submodule(n).weight.detach().clone() for n in names}
+    with torch.no_grad():
+        model(input_ids=ids)
+        for h in hooks:
+            h.remove()
+        outs, amax = {}, {}
+        for mode, emulation in (("native", "exact"), ("emulate", "exact"), ("emulate", "fake_quant")):
+            with quantized(model, policy, mode=mode, calibration=calib, emulation=emulation):
+                outs[mode, emulation] = {n: model.get_submodule(n)(inputs[n]).double() for n in names}
+                amax = {n: model.get_submodule(n).qweight._amax() for n in names}
+    wspec, aspec = ("fp8_e4m3:channel", "fp8_e4m3:token") if policy == "fp8-dynamic" else ("fp8_e4m3", "fp8_e4m3")
+    stats = {k: [0, 0, 0.0, 0.0] for k in outs}  # correctly rounded, total, max err / fp32 bound, max err / 2^-13 bound
+    for n in names:
+        x = inputs[n].reshape(-1, inputs[n].shape[-1])
+        qx = get_format(aspec).quantize(x, amax=amax[n], role="activation")
+        qw = get_format(wspec).quantize(weights[n])
+        xd, wd = qx.data.double() * qx.scale.double(), qw.data.double() * qw.scale.double()
+        y = (xd @ wd.T).reshape(outs["native", "exact"][n].shape)
+        terms = (xd.abs() @ wd.abs().T).reshape(y.shape)
+        half_ulp = 2.0**-8 * y.abs()  # BF16 keeps 8 significant bits
+        k = x.shape[-1]
+        for key, got in ((key, outs[key][n]) for key in outs):
+            err = (got - y).abs()
+            st = stats[key]
+            st[0] += int((got == y.to(torch.bfloat16).double()).sum())
+            st[1] += y.numel()
+            st[2] = max(st[2], float((err / (half_ulp + (k + 3) * 2.0**-24 * terms + 2.0**-133)).max()))
+            st[3] = max(st[3], float((err / (half_ulp + 2.0**-13 * terms + 2.0**-133)).max()))
+    for (mode, emulation), (same, total, r32, r13) in stats.items():
+        print(f"\n[{policy}] {torch.cuda.get_device_name()} {mode:>7} ({emulation}), {len(names)} linears vs float64: "
+              f"{same / total:.4%} correctly rounded; max error / (half BF16 ulp + FP32 accumulation bound) {r32:.3f}; "
+              f"/ (half ulp + 2^-13 accumulation) {r13:.3f}")
+    exact, native, old = stats["emulate", "exact"], stats["native", "exact"], stats["emulate", "fake_quant"]
+    assert exact[0] / exact[1] > 0.999 and exact[2] <= 1.0
+    assert native[3] <= 1.0  # native differs only by its accumulation
+    assert old[3] > 1.0 and old[0] / old[1] < native[0] / native[1]

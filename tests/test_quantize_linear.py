@@ -1,5 +1,9 @@
 """A quantized linear computes fake_quant_act(x) @ fake_quant_w(W).T + b, for every format and family.
 
+With ``emulation="fake_quant"`` bit for bit; with the default exact emulation
+(scales in the epilogue, ``tests/test_emulation.py`` checks it against an FP64
+reference) within float32 rounding of it on these float32 models.
+
 The reference is built here from the format objects (``qeval.formats``, the
 definition of every number) and the original module's weight; the module
 under test is found by name after ``quantize_model``.
@@ -64,14 +68,19 @@ def test_quantized_linear_matches_reference(family, spec):
     model, x, w, b = family_case(family)
     orig = model.get_submodule(name)
     policy = {"name": "one", "rules": [{"name": name, "weights": spec, "activations": spec, "act_scale": "dynamic"}]}
-    with quantized(model, policy) as plan:
+    with quantized(model, policy, emulation="fake_quant") as plan:
         q = model.get_submodule(name)
         assert isinstance(q, QuantLinear) and plan.entry(name).weights == spec
-        assert spec in repr(q)  # extra_repr shows the formats
+        assert spec in repr(q) and "fake_quant" in repr(q)  # extra_repr shows the formats
         with torch.no_grad():
             got = q(x)
+    with quantized(model, policy):
+        assert "(exact)" in repr(model.get_submodule(name))
+        with torch.no_grad():
+            exact = model.get_submodule(name)(x)
     expected = reference(w, b, x, spec, spec, transposed)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(exact, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
     # the output really changed (not a pass-through), except for the lossless-ish casts
     if spec not in ("bf16", "fp16"):
         assert not torch.equal(got, F.linear(x, w.t() if transposed else w, b))
@@ -87,7 +96,8 @@ def test_static_activation_scale_from_calibration(spec):
     ids = input_ids()
     x = capture_input(model, name, ids)
     w = model.get_submodule(name).weight.detach().clone()
-    quantize_model(model, {"rules": [{"name": name, "weights": spec, "activations": spec}]}, calibration=calib)
+    quantize_model(model, {"rules": [{"name": name, "weights": spec, "activations": spec}]}, calibration=calib,
+                   emulation="fake_quant")
     q = model.get_submodule(name)
     assert q.qweight.static and float(q.qweight.act_amax) == float(amax)
     with torch.no_grad():
@@ -103,10 +113,16 @@ def test_weight_only_rule_leaves_activations_alone():
     name = "model.layers.0.mlp.up_proj"
     x = capture_input(model, name, input_ids())
     w = model.get_submodule(name).weight.detach().clone()
+    fmt = get_format("nvfp4")
+    with quantized(model, "nvfp4-weight-only", emulation="fake_quant"), torch.no_grad():
+        got = model.get_submodule(name)(x)
+    torch.testing.assert_close(got, F.linear(x, fmt.fake_quant(w)), rtol=0, atol=0)
+    # exact emulation: x times codes x block scales, the global scale on the output
+    inner, outer = fmt.gemm_split(fmt.quantize(w))
     quantize_model(model, "nvfp4-weight-only")
     with torch.no_grad():
         got = model.get_submodule(name)(x)
-    torch.testing.assert_close(got, F.linear(x, get_format("nvfp4").fake_quant(w)), rtol=0, atol=0)
+    torch.testing.assert_close(got, F.linear(x, inner.dequantize()) * outer, rtol=0, atol=0)
 
 
 def test_lm_head_and_router_only_when_named():

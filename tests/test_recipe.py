@@ -92,6 +92,7 @@ def test_name_defaults_to_file_stem(tmp_path):
         ({"eval_data__source": "wiki"}, r"field 'eval_data.source': .*'gensim-wiki'"),
         ({"metrics": {"perplexity": {"window": 64, "stride": 128}}}, r"field 'metrics.perplexity': stride \(128\) must not exceed window"),
         ({"mode": "fast"}, r"field 'mode': .*'emulate'"),
+        ({"emulation": "approx"}, r"field 'emulation': .*'exact'"),
         ({"name": "a b"}, r"field 'name': use letters"),
     ],
 )

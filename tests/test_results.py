@@ -134,6 +134,7 @@ def test_resume_finds_finished_policies(tmp_path):
     rd = _create(tmp_path, run_id="r1")
     rd.save_policy("baseline", {"metrics": {"perplexity": 20.0}, "weight_bytes": 2000})
     rd.save_policy("fp8", _entry(0.04))
+    rd.release()  # the first process is done (a run directory is locked while in use)
     again = _create(tmp_path, resume=True)  # no run id: the latest run of the recipe
     assert again.resumed and again.path == rd.path
     done = again.load_finished()
@@ -141,15 +142,20 @@ def test_resume_finds_finished_policies(tmp_path):
     assert done["fp8"]["metrics"]["kl_mean"] == 0.04 and done["fp8"]["name"] == "fp8"
 
 
-def test_resume_refuses_changed_recipe(tmp_path):
+def test_resume_with_a_changed_recipe_records_it_and_keeps_the_entries(tmp_path):
+    """The run directory takes the new recipe; which entries are still valid is the runner's call
+    (each entry records its inputs: qeval.pipeline.depends), so nothing finished is thrown away here."""
     rd = _create(tmp_path, run_id="r1")
     rd.save_policy("fp8", _entry(0.04))
+    rd.release()
     other = "f" * 64
-    with pytest.raises(ResultsError) as info:
-        _create(tmp_path, run_id="r1", resume=True, sha=other)
-    msg = str(info.value)
-    assert "\n" not in msg
-    assert "recipes/tiny.yaml changed" in msg and str(rd.path) in msg and "without --resume" in msg
+    again = _create(tmp_path, run_id="r1", resume=True, sha=other)
+    assert again.resumed and again.manifest["recipe"]["sha256"] == other
+    manifest = json.loads((again.path / "run.json").read_text())
+    assert manifest["recipe"]["sha256"] == other and manifest["recipe_changes"][0]["sha256_before"] == SHA
+    assert list(again.load_finished()) == ["fp8"]
+    again.set_aside("fp8")  # what the runner does with an entry whose inputs changed
+    assert again.load_finished() == {} and (again.policies_dir / ".stale.fp8.json").is_file()
 
 
 def test_resume_without_earlier_run_starts_fresh(tmp_path):

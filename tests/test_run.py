@@ -123,7 +123,7 @@ def test_run_writes_results_with_the_documented_shape(first_run):
         assert p["savings_vs_bf16"] == pytest.approx(1 - p["weight_bytes"] / p["plan_summary"]["bytes_before"])
         assert p["weight_bytes_measured"] > 0 and set(p["timings"]) >= {"quantize_s", "eval_s"}
         assert p["gate"]["checks"] and isinstance(p["gate"]["passed"], bool)
-        assert p["mode"] == "emulate"
+        assert p["mode"] == "emulate" and p["emulation"] == "exact"
         # intervals around every text metric; per-window sums (one number per window) for paired comparisons
         ci, win = m["ci"], m["windows"]
         assert ci["confidence"] == 0.95 and ci["windows"] == len(win["tokens"]) > 1 and ci["stopped_by"] == "max_tokens"
@@ -219,14 +219,19 @@ def test_resume_after_a_kill_reuses_finished_policies(workspace, tmp_path, monke
     assert numbers(resumed) == numbers(whole)  # the spill was rebuilt and gives the same KL
 
 
-def test_resume_refuses_a_changed_recipe(workspace, tmp_path, capsys):
+def test_resume_of_a_changed_recipe_recomputes_what_changed(workspace, tmp_path, capsys):
+    """A resumed run never mixes inputs: a new seed changes every entry's inputs, so all are redone."""
     recipe = write_recipe(workspace, "changing.yaml", policies=["bf16"])
     run_recipe(recipe, _opts(tmp_path, run_id="c", limit_tokens=32))
     write_recipe(workspace, "changing.yaml", policies=["bf16"], seed=5)
+    capsys.readouterr()
     rc = cli_main(["run", str(recipe), "--resume", "--run-id", "c", "--limit-tokens", "32",
                    "--results-dir", str(tmp_path / "results"), "--no-progress"])
-    assert rc == 2
-    assert "changed since that run" in capsys.readouterr().err
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "baseline was computed from other inputs (seed)" in err and "bf16 was computed from other inputs" in err
+    res = json.loads((tmp_path / "results" / "tiny" / "c" / "results.json").read_text())
+    assert res["recipe"]["config"]["seed"] == 5 and res["baseline"]["inputs"]["seed"] == 5
 
 
 def test_policies_subset_and_limit_tokens(workspace, tmp_path):

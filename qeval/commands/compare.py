@@ -51,6 +51,10 @@ def run(args) -> int:
     except (ResultsError, ValueError) as err:
         print(f"qeval compare: error: {err}", file=sys.stderr)
         return 2
+    from qeval.results.provenance import differences
+
+    for line in differences(runs):  # different models / texts / token counts side by side
+        print(f"qeval compare: warning: {line}", file=sys.stderr)
     headers, rows = table_rows(runs, columns, label_runs=len(runs) > 1)
     named = [((f"{run_label(r)}:" if len(runs) > 1 else "") + str(p.get("name")), p)
              for r in runs for p in r.get("policies") or []]

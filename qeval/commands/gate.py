@@ -6,7 +6,8 @@ in the recipe), else configs/gates/default.yaml. The verdicts are recomputed fro
 the metrics, so a different gate can be tried on an old run.
 
 Exit codes: 0 every requested policy passes, 1 one or more fail, 2 bad input
-(missing file, bad JSON, bad gate file, unknown policy).
+(missing file, bad JSON, bad gate file, unknown policy, nothing to gate). A check
+that cannot be evaluated (a NaN stderr, null metrics, NaN logits) fails.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def run(args) -> int:
             verdicts = evaluate_gate(results, gate, args.policies)
             suites.append((str(file), verdicts))
             print(f"{file}: gate {source} (confidence {gate.confidence:g})")
-            if not verdicts:
-                print("  no policies to gate")
+            if not verdicts:  # nothing gated is not a pass
+                raise GateError(f"{file}: no policies to gate")
             for name, verdict in verdicts.items():
                 ok = verdict["passed"]
                 any_failed |= not ok

@@ -42,6 +42,11 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError) as err:
         Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False)
         return 2
+    from qeval.pipeline.preflight import quantizes_nothing
+
+    if quantizes_nothing(result, policy):
+        Console(stderr=True).print(f"warning: policy {result.policy!r} quantizes no module of this model "
+                                   "(every weight stays BF16)", highlight=False)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
         return 0

@@ -57,7 +57,9 @@ def read_utf8(path: Path) -> str:
     """A file's text; a missing, empty or non-UTF-8 file raises a one-line ``DataError``."""
     if not path.is_file():
         raise DataError(f"text file does not exist: {path}")
-    raw = path.read_bytes()
+    from qeval.files import read_bytes
+
+    raw = read_bytes(path, "text file", DataError)  # unreadable (permissions, I/O): one line too
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:

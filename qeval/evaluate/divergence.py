@@ -21,6 +21,7 @@ up to 3e-3 of itself (tests/test_baseline_store.py bounds it at 5e-3).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -127,6 +128,20 @@ class BaselineSpill:
             self.marker.unlink()
         self._mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=SPILL_DTYPES[self.dtype], shape=(total, vocab))
         self._top = np.lib.format.open_memmap(self.top_path, mode="w+", dtype=np.int64, shape=(total,))
+        for path in (self.path, self.top_path):
+            self._reserve(path)
+
+    def _reserve(self, path: Path) -> None:
+        """Allocate the file's blocks now: a full disk is an OSError here, not a SIGBUS (rc 135, no
+        message) when a page of the sparse file is written later."""
+        try:
+            with open(path, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as err:
+            if err.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve
+                return
+            self.remove()
+            raise OSError(err.errno, err.strerror or "cannot allocate", str(path)) from None
 
     def open_read(self, rows_per_window: dict[int, int]) -> None:
         self._offsets = row_layout(rows_per_window)

@@ -32,6 +32,7 @@ class WindowStats:
     kl_sum: float = 0.0
     top1: int = 0
     kl_values: np.ndarray | None = None
+    nonfinite: int = 0  # positions whose logits (this pass's, or the baseline's they are compared with) hold NaN/Inf
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ def local_pass(model, token_ids, windows, spill, *, baseline, device=None, shard
         del logits
         targets = token_ids[w.first_target : w.stop_target]
         stats = WindowStats(w.index, nll_sum(logq, targets), w.n_targets)
+        finite = torch.isfinite(logq).all(-1)
         if baseline:
             if not opened:  # the vocabulary size is known only now
                 spill.open_write(rows, logq.shape[-1])
@@ -144,11 +146,15 @@ def local_pass(model, token_ids, windows, spill, *, baseline, device=None, shard
             spill.write(w.index, logq)
         else:
             logp = spill.read(w.index, logq.device)
+            finite &= torch.isfinite(logp).all(-1)
             kl = kl_rows(logp, logq, chunk)
+            # a NaN row is no match and no small divergence: KL NaN, top-1 miss (argmax of two NaN rows agrees)
+            kl = torch.where(finite, kl, torch.full_like(kl, math.nan))
             stats.kl_sum = float(kl.double().sum())
             # the store keeps the baseline's argmax from before any rounding: top-1 is exact
-            stats.top1 = int((spill.argmax(w.index, logq.device) == logq.argmax(-1)).sum())
+            stats.top1 = int(((spill.argmax(w.index, logq.device) == logq.argmax(-1)) & finite).sum())
             stats.kl_values = kl.cpu().numpy()
+        stats.nonfinite = int((~finite).sum())
         local.append(stats)
         if stop is not None and stop(local):
             break
@@ -181,7 +187,10 @@ def summarize(stats: list[WindowStats], with_kl: bool, confidence: float = 0.95,
     """
     n = sum(s.n for s in stats)
     nll = math.fsum(s.nll for s in stats)
-    out = {"perplexity": _exp(nll / n) if n else math.nan, "perplexity_tokens": n}
+    out = {"perplexity": _exp(nll / n) if n else math.nan, "perplexity_tokens": n,
+           "nonfinite_logits": sum(s.nonfinite for s in stats)}
+    if math.isnan(nll):
+        out["perplexity"] = math.nan  # exp(NaN) would read as a number in a table
     counts = [s.n for s in stats]
     per_window = {"tokens": counts, "nll": [s.nll for s in stats]}
     ci: dict = {"confidence": confidence, "windows": len(stats),

@@ -88,6 +88,22 @@ class Format:
         """Analytic bytes of codes + scales for a tensor of ``shape``."""
         raise NotImplementedError
 
+    def gemm_split(self, q: QTensor) -> tuple[QTensor, torch.Tensor | None]:
+        """Split ``q`` into what a tensor core multiplies and what is applied outside it.
+
+        Returns ``(inner, outer)``. ``inner.dequantize()`` is the GEMM operand:
+        element codes times the block scales the hardware applies inside the
+        tensor core (NVFP4's E4M3, MX's E8M0), a product with few significant
+        bits, so it is exact in float32 (and usually in BF16/FP16). ``outer``
+        is the float32 scale left over: None (nothing), shape ``[]`` (per
+        tensor: NVFP4's global scale, FP8 per-tensor) or ``[rows, 1]`` (per
+        row), applied to the GEMM's FP32 accumulator in the epilogue; or, for
+        FP8 block128, ``[rows, ceil(K / 128)]``, one scale per 128-group of K,
+        applied to each group's partial sum (DeepSeek-V3 style). In real
+        arithmetic ``inner * outer == q.dequantize()``.
+        """
+        return q, None
+
     # --- public API -------------------------------------------------------
     def quantize(
         self,

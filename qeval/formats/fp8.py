@@ -7,7 +7,7 @@ qeval rule (formats.md): ``s = amax / fp8_max`` (1 when amax == 0),
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -92,6 +92,15 @@ class FP8Format(Format):
             scale = self._expand(scale, q.data.shape, q.role)
         out = q.data.to(torch.float32).mul_(scale) if scale.dtype == torch.float32 else q.data.float() * scale
         return crop_last(out, q.shape).to(dtype)
+
+    def gemm_split(self, q: QTensor) -> tuple[QTensor, torch.Tensor]:
+        """(the E4M3/E5M2 codes, the float32 scales: per tensor, per row or per 128-group of K)."""
+        inner = replace(q, scale=torch.ones_like(q.scale))
+        outer = q.scale
+        if self.granularity == "block128" and q.role == "weight" and q.data.dim() >= 2:
+            n = q.data.shape[-2]  # [.., N/128, K/128] -> one row of group scales per output row
+            outer = outer.repeat_interleave(BLOCK, dim=-2)[..., :n, :]
+        return inner, outer
 
     def nbytes(self, shape: tuple[int, ...], role: Role = "weight") -> int:
         numel = math.prod(shape)

@@ -11,7 +11,7 @@ for both the division and the decode.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -51,6 +51,10 @@ class NVFP4Format(Format):
         eff = q.scale.float() * q.global_scale
         x = (blocks * eff.unsqueeze(-1)).reshape(codes.shape)
         return crop_last(x, q.shape).to(dtype)
+
+    def gemm_split(self, q: QTensor) -> tuple[QTensor, torch.Tensor]:
+        """(codes x E4M3 block scales, exact in BF16/FP16/FP32; the float32 global scale)."""
+        return replace(q, global_scale=torch.ones_like(q.global_scale)), q.global_scale
 
     def nbytes(self, shape: tuple[int, ...], role: Role = "weight") -> int:
         rows = math.prod(shape[:-1])

@@ -54,12 +54,13 @@ def _token_ids(tokenizer, text, max_tokens: int) -> torch.Tensor:
 
 
 def _recipe(policies, tasks, mode, max_tokens, window, stride, kl, top1, chunk, gate, hardware, seed,
-            has_text: bool) -> Recipe:
+            has_text: bool, emulation: str = "exact") -> Recipe:
     return Recipe.model_validate({
         "model": {"id": "<in memory>"},
         "eval_data": {"source": "gensim-wiki", "max_tokens": max_tokens} if has_text else None,
         "policies": policies or ["bf16"],
         "mode": mode,
+        "emulation": emulation,
         "metrics": {"perplexity": {"window": window, "stride": stride}, "kl": kl, "top1": top1, "chunk": chunk},
         "tasks": [{"name": t} if isinstance(t, str) else t for t in tasks or []],
         "gate": gate,
@@ -72,7 +73,7 @@ def evaluate(
     model, policies, *, tokenizer=None, text=None, baseline=None, tasks=None, calibration=None,
     mode: str = "emulate", max_tokens: int = 4096, window: int = 1024, stride: int | None = None,
     kl: bool = True, top1: bool = True, chunk: int = 256, gate=None, hardware: dict | None = None,
-    seed: int = 0, progress: bool = False,
+    seed: int = 0, progress: bool = False, emulation: str = "exact",
 ) -> dict:
     """Evaluate ``model`` under each policy against a baseline; return ``{"baseline", "policies", "gate"}``.
 
@@ -89,6 +90,8 @@ def evaluate(
         calibration: batches of token ids for static scales, or a recipe ``calibration:`` dict.
         gate: thresholds (a recipe's ``gate:``, a configs/gates name or a file); adds verdicts.
         hardware: ``{"context", "batch", "gpu"}`` for the GPU recommendation per policy.
+        emulation: ``mode="emulate"``'s arithmetic: ``"exact"`` (the tensor core's: block-scaled
+            operands, FP32 accumulation, per-tensor / per-row scales on the output) or ``"fake_quant"``.
 
     Returns:
         The same entries as ``results.json``: ``baseline`` (metrics, weight bytes, timings)
@@ -106,7 +109,8 @@ def evaluate(
         model, tokenizer = load_model(model)
     policies = list(policies or [])
     recipe = _recipe([p if isinstance(p, (str, dict)) else load_policy(p).model_dump(mode="json") for p in policies],
-                     tasks, mode, max_tokens, window, stride, kl, top1, chunk, gate, hardware, seed, text is not None)
+                     tasks, mode, max_tokens, window, stride, kl, top1, chunk, gate, hardware, seed, text is not None,
+                     emulation)
     token_ids, windows = None, []
     if text is not None:
         token_ids = _token_ids(tokenizer, text, max_tokens)

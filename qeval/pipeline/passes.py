@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ EMPTY_METRICS = {
     "perplexity": None, "perplexity_tokens": None, "kl_mean": None, "kl_p99": None,
     "top1_agreement": None, "tokens": None, "tasks": {},
     "embedding_cosine_mean": None, "embedding_cosine_min": None, "similarity_spearman": None,
+    "nonfinite_logits": None,
 }  # a text pass adds "ci" (intervals) and "windows" (per-window sums): see qeval.results.schema
 
 
@@ -39,8 +41,11 @@ def _policy_reserve(model, device, max_rows: int, vocab: int) -> int:
     return weights + 4 * max_rows * vocab * 4
 
 
-def spill_for(run_path: Path, rundir, shard: Shard, ctx, prefer: str = "auto"):
+def spill_for(run_path: Path, rundir, shard: Shard, ctx, inputs: str | None = None, prefer: str = "auto"):
     """This process's baseline store (device memory or a float16 spill file), checked for room first.
+
+    ``inputs``: the hash of the baseline's inputs (``qeval.pipeline.depends.key``), which keys a spill
+    file so that a resumed run reuses it only for the same inputs.
 
     Raises:
         ResultsError: neither place can hold it (one line: where, bytes needed, bytes free).
@@ -49,7 +54,7 @@ def spill_for(run_path: Path, rundir, shard: Shard, ctx, prefer: str = "auto"):
 
     mine = shard.take(ctx.windows)
     key = {
-        "run": rundir.manifest["recipe"]["sha256"] if rundir is not None else None,
+        "inputs": inputs,
         "tokens": None if ctx.token_ids is None else int(ctx.token_ids.numel()),
         "windows": [[w.begin, w.end, w.first_target] for w in mine],
         "rank": shard.rank,
@@ -105,6 +110,10 @@ def _lm_metrics(recipe, ctx, spill, shard, options, baseline: bool, desc: str) -
         confidence=recipe.metrics.confidence, replicates=recipe.metrics.bootstrap, seed=recipe.seed,
         stop=_target_stop(recipe, baseline),
     )
+    bad = out.get("nonfinite_logits") or 0
+    if bad and shard.rank == 0:
+        print(f"qeval: warning: {desc}: {bad} of {out.get('perplexity_tokens')} positions have NaN/Inf logits; "
+              "its perplexity, KL and top-1 are not numbers and the gate fails it", file=sys.stderr)
     if recipe.eval_data is not None and recipe.eval_data.target_ci:
         out["ci"]["target"] = dict(recipe.eval_data.target_ci)
     drop = []
@@ -123,7 +132,7 @@ def _lm_metrics(recipe, ctx, spill, shard, options, baseline: bool, desc: str) -
     return out
 
 
-def _sentences(recipe, ctx) -> list[str]:
+def sentences(recipe, ctx) -> list[str]:
     if "sentences" not in ctx.state:
         from qeval.data import load_text
 
@@ -137,7 +146,7 @@ def _embedding_metrics(recipe, ctx, baseline: bool) -> dict:
     from qeval.evaluate.embeddings import cosine_to_baseline, embed
 
     emb = recipe.embeddings
-    vectors = embed(ctx.model, ctx.tokenizer, _sentences(recipe, ctx), emb.max_length, emb.batch_size, ctx.device)
+    vectors = embed(ctx.model, ctx.tokenizer, sentences(recipe, ctx), emb.max_length, emb.batch_size, ctx.device)
     out = {}
     if baseline:
         ctx.state["baseline_embeddings"] = vectors
@@ -235,7 +244,7 @@ def ensure_baseline_state(recipe, ctx, spill, shard, options) -> None:
 
         emb = recipe.embeddings
         ctx.state["baseline_embeddings"] = embed(
-            ctx.model, ctx.tokenizer, _sentences(recipe, ctx), emb.max_length, emb.batch_size, ctx.device
+            ctx.model, ctx.tokenizer, sentences(recipe, ctx), emb.max_length, emb.batch_size, ctx.device
         )
 
 
@@ -254,16 +263,38 @@ def _recommendation(recipe, model, policy) -> tuple[dict | None, str | None]:
         return None, f"recommendation failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
 
 
+def mx_scale_rule(plan) -> str | None:
+    """Which power-of-two scale rule the plan's MX formats use: "rceil" (NVIDIA's Blackwell kernels, Model
+    Optimizer), "floor" (the OCP spec), "floor+rceil" when mixed; None without MX."""
+    from qeval.formats import get_format
+
+    rules = {get_format(s).rounding for e in plan.entries for s in (e.weights, e.activations)
+             if s and get_format(s).family in ("mxfp8", "mxfp4")}
+    return "+".join(sorted(rules)) or None
+
+
 def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, options) -> dict:
     """Quantize with one policy, measure against the baseline, restore the original modules."""
     from qeval.policy import load_policy, plan
     from qeval.quantize import quantized
 
-    policy = load_policy(source)
+    emulation = recipe.emulation
+    if isinstance(source, dict) and "checkpoint" in source:  # stored packed weights (qeval.export)
+        from qeval.export import read_checkpoint
+        from qeval.export.load import applied_checkpoint, checkpoint_policy
+
+        ckpt = read_checkpoint(source["checkpoint"])
+        policy = checkpoint_policy(ctx.model, ckpt, name)
+        applied = applied_checkpoint(ctx.model, ckpt, mode=recipe.mode)
+        emulation = "fake_quant"  # stored weights run dequantized to the model's dtype
+    else:
+        policy = load_policy(source)
+        applied = quantized(ctx.model, policy, mode=recipe.mode, calibration=ctx.calibration, progress=False,
+                            emulation=recipe.emulation)
     p = plan(ctx.model, policy)
     devices = peaks.reset(ctx.model)
     t0 = time.perf_counter()
-    with quantized(ctx.model, policy, mode=recipe.mode, calibration=ctx.calibration, progress=False) as qplan:
+    with applied as qplan:
         quantize_s = time.perf_counter() - t0
         p = qplan if qplan is not None and hasattr(qplan, "bytes_after") else p
         t1 = time.perf_counter()
@@ -280,6 +311,8 @@ def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, opt
     entry = {
         "policy": policy.model_dump(mode="json"),
         "mode": recipe.mode,
+        "emulation": emulation if recipe.mode == "emulate" else None,
+        "mx_scale_rule": mx_scale_rule(p),
         "plan_summary": p.summary(),
         "metrics": metrics,
         "weight_bytes": p.bytes_after,

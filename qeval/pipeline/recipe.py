@@ -114,12 +114,15 @@ class Hardware(_Strict):
 class Recipe(_Strict):
     name: str | None = None  # default: the file's stem
     description: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # torch, numpy and random all take it
     model: ModelSpec
     eval_data: TextSource | None = None  # causal LMs: text for perplexity, KL, top-1
     calibration: Calibration | None = None
     policies: list[str | dict[str, Any]] = Field(min_length=1)
     mode: Literal["emulate", "native"] = "emulate"
+    # emulate: "exact" = the tensor core's arithmetic (block-scaled operands, FP32 accumulation, per-tensor /
+    # per-row scales on the output); "fake_quant" = a matmul of fake-quantized tensors in the model's dtype
+    emulation: Literal["exact", "fake_quant"] = "exact"
     metrics: Metrics = Field(default_factory=Metrics)
     tasks: list[TaskSpec] = Field(default_factory=list)
     embeddings: EmbeddingConfig | None = None
@@ -272,6 +275,16 @@ def _check_policies(path: Path, recipe: Recipe) -> None:
         label = entry if isinstance(entry, str) else str(entry.get("name"))
         if label == "baseline":
             raise RecipeError(f"{path}: field 'policies[{i}]': 'baseline' is reserved for the unquantized model")
+        if is_checkpoint_entry(entry):  # stored packed weights: checked by reading the folder
+            _check_checkpoint(path, i, entry)
+            name = label
+            if not _FILE_SAFE.fullmatch(name):
+                raise RecipeError(f"{path}: field 'policies[{i}]': policy name {name!r} cannot name a results file: "
+                                  "use letters, digits and . _ + -")
+            if name in names:
+                raise RecipeError(f"{path}: field 'policies[{i}]': policy {name!r} is listed twice")
+            names.append(name)
+            continue
         try:
             policy = load_policy(entry)
         except Exception as err:  # noqa: BLE001 - policy errors are one-line ValueErrors; keep the message
@@ -291,9 +304,42 @@ def _check_policies(path: Path, recipe: Recipe) -> None:
     recipe._names = names
 
 
+def is_checkpoint_entry(entry) -> bool:
+    """A policy entry ``{name: ..., checkpoint: DIR}``: evaluate a stored checkpoint (``qeval.export``)."""
+    return isinstance(entry, dict) and "checkpoint" in entry
+
+
+def _check_checkpoint(path: Path, index: int, entry: dict) -> None:
+    """The folder exists and reads as a checkpoint; a relative folder is taken from the recipe's folder."""
+    from qeval.export import ExportError, read_checkpoint
+
+    extra = set(entry) - {"name", "checkpoint", "description"}
+    if extra:
+        raise RecipeError(f"{path}: field 'policies[{index}].{sorted(extra)[0]}': unknown field "
+                          "(a checkpoint entry has name, checkpoint, description)")
+    folder = Path(str(entry["checkpoint"])).expanduser()
+    if not folder.is_absolute() and not folder.exists() and (path.parent / folder).exists():
+        folder = path.parent / folder
+    entry["checkpoint"] = str(folder)
+    try:
+        read_checkpoint(folder)
+    except ExportError as err:
+        raise RecipeError(f"{path}: field 'policies[{index}]' ({entry.get('name')}): {err}") from None
+
+
+def _beside_recipe(recipe_path: Path, name: str) -> Path:
+    """A relative file named in a recipe: in the recipe's folder when it is there, else as given (cwd)."""
+    file = Path(name).expanduser()
+    if not file.is_absolute() and (recipe_path.parent / file).exists():
+        return recipe_path.parent / file
+    return file
+
+
 def _check_gate(path: Path, recipe: Recipe) -> None:
     if recipe.gate is None:
         return
+    if isinstance(recipe.gate, str) and (Path(recipe.gate).suffix in (".yaml", ".yml") or "/" in recipe.gate):
+        recipe.gate = str(_beside_recipe(path, recipe.gate))  # like eval_data.path: from the recipe's folder
     from qeval.results.gate import GateError, parse_gate, resolve_gate
 
     try:
@@ -314,10 +360,8 @@ def _check_local_text(path: Path, recipe: Recipe) -> None:
     for field, spec in (("eval_data", recipe.eval_data), ("calibration", recipe.calibration)):
         if spec is None or spec.source != "file":
             continue
-        file = Path(spec.path).expanduser()
-        if not file.is_absolute() and not file.exists() and (path.parent / file).exists():
-            file = path.parent / file
-            spec.path = str(file)
+        file = _beside_recipe(path, spec.path)
+        spec.path = str(file)
         try:
             read_utf8(file)
         except DataError as err:

@@ -18,6 +18,7 @@ evaluation, so a resumed run equals an uninterrupted one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -46,6 +47,7 @@ class RunOptions:
     limit_tokens: int | None = None  # cap on evaluation tokens (and task examples, embedding sentences)
     progress: bool = True
     print_table: bool = True
+    dry_run: bool = False  # validate everything, run nothing (run_recipe returns None)
 
 
 def seed_everything(seed: int) -> None:
@@ -126,6 +128,12 @@ def run_recipe(recipe_path: str | Path, options: RunOptions | None = None) -> Pa
     overrides = apply_overrides(recipe, options)
     selected = _select_policies(recipe, recipe_path, options.policies)
     resolve(recipe.model)  # model path exists, no pickle: before anything is written
+    from qeval.pipeline import preflight
+
+    for line in preflight.check(recipe, recipe_path, selected):  # before any file or forward pass
+        print(f"qeval: warning: {line}", file=sys.stderr)
+    if options.dry_run:
+        return None
 
     shard, device = distributed.setup(recipe)
     rundir = None
@@ -140,6 +148,16 @@ def run_recipe(recipe_path: str | Path, options: RunOptions | None = None) -> Pa
             if shard.world > 1:  # tell the other ranks, who wait for the run directory
                 distributed.share_run(None, shard, str(err))
             raise
+    try:
+        return _run_in(recipe, options, overrides, selected, shard, device, rundir)
+    finally:
+        if rundir is not None:
+            rundir.release()
+
+
+def _run_in(recipe, options, overrides, selected, shard, device, rundir) -> Path:
+    from qeval.evaluate import distributed
+
     run_path, finished = distributed.share_run(rundir, shard)
     started = _now()
     fresh = rundir is not None and not rundir.resumed
@@ -147,7 +165,9 @@ def run_recipe(recipe_path: str | Path, options: RunOptions | None = None) -> Pa
         ctx = _prepare(recipe, device, options, shard)
         devices = _model_devices(ctx.model)
         _evaluate_all(recipe, ctx, selected, Path(run_path), rundir, finished, shard, options)
-    except BaseException:
+    except BaseException as err:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:  # give the space back; --resume redoes the spill
+            shutil.rmtree(Path(run_path) / "spill", ignore_errors=True)
         if fresh and not rundir.load_finished():
             shutil.rmtree(rundir.path, ignore_errors=True)  # nothing finished: leave no half-done run
         raise
@@ -234,6 +254,9 @@ def _prepare(recipe: Recipe, device, options: RunOptions, shard: Shard) -> Conte
     if device is not None and spec.device_map is None:
         spec = spec.model_copy(update={"device": str(device)})
     model, tokenizer = load_model(spec)
+    from qeval.pipeline.preflight import check_weights
+
+    check_weights(model)  # NaN/Inf in any tensor: refused before the baseline
     encoder = recipe.eval_data is None
     token_ids, windows = None, []
     if recipe.eval_data is not None:
@@ -242,7 +265,13 @@ def _prepare(recipe: Recipe, device, options: RunOptions, shard: Shard) -> Conte
         ppl = recipe.metrics.perplexity
         window = ppl.window if ppl is not None else 1024
         stride = (ppl.stride or window) if ppl is not None else window
-        windows = sliding_windows(int(token_ids.numel()), min(window, int(token_ids.numel())), min(stride, window))
+        n = int(token_ids.numel())
+        if n < 2:
+            from qeval.data import DataError
+
+            raise DataError(f"eval_data gives {n} token(s) with this tokenizer; at least 2 are needed to score one")
+        window = min(window, n)  # a text shorter than the window: one window over all of it
+        windows = sliding_windows(n, window, min(stride, window))
     calibration = None
     if recipe.calibration is not None:
         c = recipe.calibration
@@ -266,18 +295,21 @@ def _input_device(model, device):
 
 
 def _evaluate_all(recipe, ctx: Context, selected, run_path: Path, rundir, finished: dict, shard: Shard, options) -> None:
-    from qeval.pipeline import passes
+    from qeval.pipeline import depends, passes
 
+    wanted = _inputs(recipe, ctx, selected)
+    finished = _reusable(finished, wanted, recipe, ctx, rundir, shard)
     total = len(selected) + 1
     todo = [n for n, _ in selected if n not in finished]
     done_names = [n for n, _ in selected if n in finished]
     if shard.rank == 0 and done_names:
         print(f"qeval: resuming {rundir.path}: reusing {', '.join(done_names)}", file=sys.stderr)
-    spill = passes.spill_for(run_path, rundir, shard, ctx, prefer=recipe.metrics.baseline_store)
+    spill = passes.spill_for(run_path, rundir, shard, ctx, depends.key(wanted["baseline"]),
+                             prefer=recipe.metrics.baseline_store)
     step = 0
     if "baseline" not in finished:
         seed_everything(recipe.seed)
-        entry = passes.evaluate_baseline(recipe, ctx, spill, shard, options)
+        entry = {**passes.evaluate_baseline(recipe, ctx, spill, shard, options), "inputs": wanted["baseline"]}
         if shard.rank == 0:
             rundir.save_policy("baseline", entry)
         finished = {**finished, "baseline": entry}
@@ -291,12 +323,54 @@ def _evaluate_all(recipe, ctx: Context, selected, run_path: Path, rundir, finish
         if name in finished:
             continue
         seed_everything(recipe.seed)
-        entry = passes.evaluate_policy(recipe, ctx, name, source, baseline, spill, shard, options)
+        entry = {**passes.evaluate_policy(recipe, ctx, name, source, baseline, spill, shard, options),
+                 "inputs": wanted[name]}
         if shard.rank == 0:
             rundir.save_policy(name, entry)
         _announce(shard, step, total, name, entry)
     if spill.where == "device":
         spill.remove()  # free the device memory it held
+
+
+def _inputs(recipe, ctx, selected) -> dict[str, dict]:
+    """What each result of this run depends on (``qeval.pipeline.depends``), by name."""
+    from qeval.pipeline import depends, passes
+    from qeval.policy import load_policy
+
+    sentences = passes.sentences(recipe, ctx) if recipe.embeddings is not None else None
+    base = depends.baseline_inputs(recipe, ctx, sentences)
+    out = {"baseline": base}
+    for name, source in selected:
+        if isinstance(source, dict) and "checkpoint" in source:  # a stored checkpoint: its files are the policy
+            from qeval.models.files import fingerprint
+
+            dump = {**source, "files": fingerprint(Path(source["checkpoint"]))}
+        else:
+            dump = load_policy(source).model_dump(mode="json")
+        out[name] = depends.policy_inputs(base, dump, recipe, ctx)
+    return out
+
+
+def _reusable(finished: dict, wanted: dict, recipe, ctx, rundir, shard) -> dict:
+    """The finished entries computed from exactly this run's inputs; the others are set aside (and redone)."""
+    from qeval.pipeline import depends
+
+    keep, stale = {}, []
+    for name, entry in finished.items():
+        expected = wanted.get(name)
+        if expected is None:  # finished earlier, not selected now: held against its own policy
+            policy = entry.get("policy") if isinstance(entry.get("policy"), dict) else {}
+            expected = depends.policy_inputs(wanted["baseline"], policy, recipe, ctx)
+        diff = depends.changed(entry.get("inputs"), expected)
+        if diff:
+            stale.append((name, diff))
+        else:
+            keep[name] = entry
+    if shard.rank == 0:
+        for name, diff in stale:
+            print(f"qeval: {name} was computed from other inputs ({', '.join(diff)}): recomputing", file=sys.stderr)
+            rundir.set_aside(name)
+    return keep
 
 
 def _announce(shard: Shard, step: int, total: int, name: str, entry: dict) -> None:

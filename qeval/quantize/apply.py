@@ -15,6 +15,7 @@ from qeval.policy.modules import _ATTN_RX, fused_expert_params, is_linear
 from . import kv as kvmod
 from . import native, offload as moves, quantizer
 from .experts import QuantExperts
+from .gemm import EMULATIONS
 from .linear import QuantLinear
 
 MODES = ("emulate", "native")
@@ -34,6 +35,29 @@ def _device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def check_quantizable(model: nn.Module, plan: Plan, mode: str, device: torch.device | None = None) -> None:
+    """Raise ValueError (one line) for a rule that cannot be applied: activations on a module that
+    is not a linear, or in native mode a format with no kernel on ``device`` (default: where each
+    module's weight is). Reads module types and shapes only, so it works on a meta-device model."""
+    for e in plan.entries:
+        if e.weights is None and e.activations is None:
+            continue
+        mod = model.get_submodule(e.name)
+        if not is_linear(mod) and not fused_expert_params(mod) and e.activations is not None:
+            raise ValueError(
+                f"{e.name} ({type(mod).__name__}, kind {e.kind}): activation quantization works on linear layers and "
+                f"experts only; set `activations: none` for this rule"
+            )
+        if mode == "native" and (is_linear(mod) or fused_expert_params(mod)):
+            if fused_expert_params(mod):
+                p = mod._parameters[fused_expert_params(mod)[0]]
+                shape = tuple(p.shape[-2:])
+            else:
+                w = mod.weight
+                shape = (w.shape[1], w.shape[0]) if getattr(mod, "nf", None) is not None else tuple(w.shape)
+            native.native_kind(e.name, e.weights, e.activations, device or (mod.weight.device if hasattr(mod, "weight") else _device(model)), shape)
+
+
 def quantize_model(
     model: nn.Module,
     policy,
@@ -41,6 +65,7 @@ def quantize_model(
     calibration: Iterable | None = None,
     progress: bool | None = None,
     offload_original: bool | None = None,
+    emulation: str = "exact",
 ) -> Plan:
     """Quantize ``model`` in place under ``policy`` and return the plan.
 
@@ -62,6 +87,12 @@ def quantize_model(
             the fake-quantized copies beside the originals (then quantize and
             restore move no weight bytes); no for a CPU model, where the
             originals stay registered under their own names.
+        emulation: how ``mode="emulate"`` computes a quantized linear:
+            ``"exact"`` (default) as the tensor core does: codes x block
+            scales as exact operands, FP32 accumulation, per-tensor / per-row
+            scales applied to the output (``qeval/quantize/gemm.py``);
+            ``"fake_quant"``: a matmul of fake-quantized tensors in the model's
+            dtype (the scales folded in and rounded to that dtype).
 
     Raises:
         ValueError: bad mode, a model already quantized, native mode not
@@ -70,28 +101,15 @@ def quantize_model(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if emulation not in EMULATIONS:
+        raise ValueError(f"emulation must be one of {EMULATIONS}, got {emulation!r}")
     if getattr(model, STATE, None) is not None:
         raise ValueError("model is already quantized; call qeval.dequantize_model(model) first")
     policy = load_policy(policy)
     plan = make_plan(model, policy)
     todo = [e for e in plan.entries if e.weights is not None or e.activations is not None]
 
-    # check everything before changing anything
-    for e in todo:
-        mod = model.get_submodule(e.name)
-        if not is_linear(mod) and not fused_expert_params(mod) and e.activations is not None:
-            raise ValueError(
-                f"{e.name} ({type(mod).__name__}, kind {e.kind}): activation quantization works on linear layers and "
-                f"experts only; set `activations: none` for this rule"
-            )
-        if mode == "native" and (is_linear(mod) or fused_expert_params(mod)):
-            if fused_expert_params(mod):
-                p = mod._parameters[fused_expert_params(mod)[0]]
-                shape = tuple(p.shape[-2:])
-            else:
-                w = mod.weight
-                shape = (w.shape[1], w.shape[0]) if getattr(mod, "nf", None) is not None else tuple(w.shape)
-            native.native_kind(e.name, e.weights, e.activations, mod.weight.device if hasattr(mod, "weight") else _device(model), shape)
+    check_quantizable(model, plan, mode)  # everything before changing anything
 
     undo: list = []
     replaced: list = []
@@ -100,9 +118,9 @@ def quantize_model(
             mod = model.get_submodule(e.name)
             parent, attr = _parent(model, e.name)
             if fused_expert_params(mod) and not is_linear(mod):
-                new = QuantExperts(mod, e.name, e.weights, e.activations, e.act_scale)
+                new = QuantExperts(mod, e.name, e.weights, e.activations, e.act_scale, emulation)
             elif is_linear(mod):
-                new = QuantLinear(mod, e.name, e.weights, e.activations, e.act_scale)
+                new = QuantLinear(mod, e.name, e.weights, e.activations, e.act_scale, emulation)
             else:  # embedding, non-linear router: weights only, swapped in place
                 p = mod.weight
                 fq = quantizer.fake_quant(e.weights, p.detach(), role="weight")

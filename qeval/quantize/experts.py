@@ -21,7 +21,7 @@ from .weight import QuantWeight
 class QuantExperts(nn.Module):
     _qeval_experts = True
 
-    def __init__(self, original: nn.Module, name: str, weights, activations, act_scale: str):
+    def __init__(self, original: nn.Module, name: str, weights, activations, act_scale: str, emulation: str = "exact"):
         super().__init__()
         if getattr(original, "has_post_expert_norm", False):
             raise NotImplementedError(f"{name}: experts with a post-expert norm are not supported yet")
@@ -34,8 +34,8 @@ class QuantExperts(nn.Module):
         ups, downs = getattr(original, up_name), original.down_proj
         if self.is_transposed:  # stored [E, K, N]: the GEMM view is [E, N, K]
             ups, downs = ups.transpose(1, 2), downs.transpose(1, 2)
-        self.q_up = QuantWeight(ups, weights, activations, act_scale, f"{name}.{up_name}")
-        self.q_down = QuantWeight(downs, weights, activations, act_scale, f"{name}.down_proj")
+        self.q_up = QuantWeight(ups, weights, activations, act_scale, f"{name}.{up_name}", emulation)
+        self.q_down = QuantWeight(downs, weights, activations, act_scale, f"{name}.down_proj", emulation)
         for pname, p in original._parameters.items():  # same tensors, same names
             if p is not None:
                 self.register_parameter(pname, p)

@@ -23,12 +23,12 @@ class QuantLinear(nn.Module):
 
     _qeval_linear = True
 
-    def __init__(self, original: nn.Module, name: str, weights, activations, act_scale: str):
+    def __init__(self, original: nn.Module, name: str, weights, activations, act_scale: str, emulation: str = "exact"):
         super().__init__()
         self.transposed = is_conv1d(original)
         w = original.weight
         self.in_features, self.out_features = (w.shape[0], w.shape[1]) if self.transposed else (w.shape[1], w.shape[0])
-        self.qweight = QuantWeight(w.t() if self.transposed else w, weights, activations, act_scale, name)
+        self.qweight = QuantWeight(w.t() if self.transposed else w, weights, activations, act_scale, name, emulation)
         self.weight = original.weight
         self.bias = original.bias
         object.__setattr__(self, "original", original)  # not a submodule: stays out of the module tree

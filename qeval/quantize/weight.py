@@ -2,10 +2,14 @@
 
 Storage per mode (the memory a quantized model costs):
 
-- ``emulate``: the fake-quantized weight (quantize, then dequantize once) is
-  kept as a buffer in the model's dtype, beside the untouched original (which
-  stays registered as the parent's parameter, so restoring is exact): one
-  extra copy of every quantized weight, e.g. +2 bytes/param in BF16.
+- ``emulate`` (``emulation="exact"``, the default; see ``gemm.py``): the
+  weight's GEMM operand, codes x block scales (exact in the model's dtype, else
+  float32), plus its per-tensor / per-row scales for the epilogue;
+  ``emulation="fake_quant"``: the fake-quantized weight (quantize, then
+  dequantize once) in the model's dtype. Either is kept as a buffer beside the
+  untouched original (which stays registered as the parent's parameter, so
+  restoring is exact): one extra copy of every quantized weight, e.g. +2
+  bytes/param in BF16.
 - ``weight_only`` (native, ``activations: none``): packed codes + scales
   (0.56 B/param for NVFP4, ~1 for FP8), dequantized inside each forward;
   the original is moved to the CPU until :func:`dequantize_model`.
@@ -26,14 +30,20 @@ from torch import nn
 
 from qeval.formats import QTensor, get_format
 
-from . import native, quantizer
+from . import gemm, native, quantizer
 
 
 class QuantWeight(nn.Module):
-    def __init__(self, w_gemm: torch.Tensor, weights: str | None, activations: str | None, act_scale: str, name: str):
+    def __init__(
+        self, w_gemm: torch.Tensor, weights: str | None, activations: str | None, act_scale: str, name: str,
+        emulation: str = "exact",
+    ):
         """``w_gemm``: the original weight viewed as ``[N, K]`` or ``[E, N, K]`` (no copy)."""
         super().__init__()
+        if emulation not in gemm.EMULATIONS:
+            raise ValueError(f"emulation must be one of {gemm.EMULATIONS}, got {emulation!r}")
         self.name = name
+        self.emulation = emulation
         self.weights, self.activations, self.act_scale = weights, activations, act_scale
         self.stacked = w_gemm.dim() == 3
         self.shape = tuple(w_gemm.shape[-2:])  # (N, K)
@@ -52,6 +62,10 @@ class QuantWeight(nn.Module):
             self.mode = "emulate"
             if self.weights is None:
                 self.register_buffer("w_hat", w, persistent=False)
+            elif self.emulation == "exact":  # w_hat: codes x block scales; w_outer: the epilogue's scales
+                op, outer = gemm.weight_operands(self.weights, w)
+                self.register_buffer("w_hat", op, persistent=False)
+                self.register_buffer("w_outer", outer, persistent=False)
             else:
                 fq = [quantizer.fake_quant(self.weights, w[e], role="weight") for e in range(w.shape[0])]
                 # one weight: a view, not a second copy through stack
@@ -72,9 +86,16 @@ class QuantWeight(nn.Module):
         return QTensor(self.w_data[e], scale, glob, torch.Size(self.shape), get_format(self.weights), self.padded, "weight")
 
     def dequantized(self, e: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The weight as the GEMM sees it ([N, K]); for tests and inspection."""
+        """The weight the layer multiplies by ([N, K], its scales applied); for tests and inspection."""
         if self.mode == "emulate":
-            return self.w_hat[e].to(dtype)
+            w = self.w_hat[e].to(torch.float64 if dtype == torch.float64 else torch.float32)
+            outer = getattr(self, "w_outer", None)
+            if outer is not None:
+                s = outer[e].to(w.dtype)
+                if s.dim() and s.shape[-1] > 1:  # per 128-group of K
+                    s = s.repeat_interleave(gemm.KGROUP, dim=-1)[..., : w.shape[-1]]
+                w = w * s
+            return w.to(dtype)
         return self.qtensor(e).dequantize(dtype)
 
     # --- forward -----------------------------------------------------------------------
@@ -87,6 +108,8 @@ class QuantWeight(nn.Module):
                 torch.maximum(self.act_amax, quantizer.amax(x), out=self.act_amax)
             return F.linear(x, self.w_orig[e].to(x.dtype), bias)
         if self.mode == "emulate":
+            if self.emulation == "exact" and (self.weights is not None or self.activations is not None):
+                return self._exact(x, e, bias)
             if self.activations is not None:
                 x = quantizer.fake_quant(self.activations, x, amax=self._amax(), role="activation")
             return F.linear(x, self.w_hat[e], bias)
@@ -102,13 +125,28 @@ class QuantWeight(nn.Module):
         out = out.reshape(*x.shape[:-1], n)
         return out + bias if bias is not None else out
 
+    def _exact(self, x: torch.Tensor, e: int, bias: torch.Tensor | None) -> torch.Tensor:
+        n, k = self.shape
+        x2 = x.reshape(-1, k)
+        w_op = self.w_hat[e]
+        outer = getattr(self, "w_outer", None)
+        w_outer = None if outer is None else outer[e]
+        if self.activations is None:
+            x_op, x_outer = x2, None
+        else:  # on the CPU the GEMM runs in float32 anyway: no cast to the weight's dtype
+            dt = w_op.dtype if x.is_cuda else torch.float32
+            x_op, x_outer = gemm.act_operand(self.activations, x2, self._amax(), dt)
+        out = gemm.gemm(x_op, x_outer, w_op, w_outer, bias, x.dtype)
+        return out.reshape(*x.shape[:-1], n)
+
     def extra_repr(self) -> str:
         act = self.activations or "bf16"
         if self.activations is not None:
             act += f" ({'static' if self.static else 'dynamic'})"
         n, k = self.shape
         e = f"{self.w_orig.shape[0] if self.w_orig is not None else self._stack()}x" if self.stacked else ""
-        return f"{e}{n}x{k}, weights={self.weights or 'bf16'}, activations={act}, mode={self.mode}"
+        emu = f" ({self.emulation})" if self.mode == "emulate" else ""
+        return f"{e}{n}x{k}, weights={self.weights or 'bf16'}, activations={act}, mode={self.mode}{emu}"
 
     def _stack(self) -> int:
         t = getattr(self, "w_hat", None)

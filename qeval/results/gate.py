@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from qeval.files import read_yaml
 from qeval.paths import CONFIGS
 from qeval.results import intervals
+from qeval.results.sanity import finite_logits_checks, nothing_checked, quantizes_nothing_check
 
 GATES_DIR = CONFIGS / "gates"
 
@@ -73,6 +74,17 @@ class Gate(BaseModel):
                 raise ValueError(f"recovery thresholds are percentages (0..1000), got {x}")
         return v
 
+    @field_validator("policies")
+    @classmethod
+    def _some_policies(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty list gates nothing: use 'all' or name the policies")
+        return v
+
+    def thresholds(self) -> list[str]:
+        """The threshold fields this gate sets (a gate with none checks nothing)."""
+        return [k for k in THRESHOLDS if getattr(self, k) is not None]
+
     def task_threshold(self, task: str) -> float | None:
         r = self.min_task_recovery
         if isinstance(r, dict):
@@ -82,6 +94,9 @@ class Gate(BaseModel):
     def applies_to(self, name: str) -> bool:
         return self.policies == "all" or name in self.policies
 
+
+THRESHOLDS = ("max_perplexity_increase_pct", "max_kl_mean", "max_kl_p99", "min_top1_agreement",
+              "min_task_recovery", "min_embedding_cosine")
 
 # fields whose type is a union: pydantic's per-branch messages read badly, so say what fits
 _EXPECTED = {
@@ -111,9 +126,12 @@ def parse_gate(data: Any, where: str = "gate") -> Gate:
     if not isinstance(data, dict):
         raise GateError(f"{where}: a gate is a mapping of thresholds, got {type(data).__name__}")
     try:
-        return Gate.model_validate(data)
+        gate = Gate.model_validate(data)
     except ValidationError as err:
         raise GateError(_one_line(err, where)) from None
+    if not gate.thresholds():  # a gate that checks nothing would pass everything: fail closed
+        raise GateError(f"{where}: sets no threshold, so it would pass anything (give at least one of {', '.join(THRESHOLDS)})")
+    return gate
 
 
 def load_gate(path: str | os.PathLike) -> Gate:
@@ -248,6 +266,10 @@ def task_check(task: str, entry: dict, base_entry: dict, threshold: float, confi
     se_b = _num(entry.get("baseline_stderr"))
     if se_b is None:
         se_b = _num(base_entry.get("stderr"))
+    bad = [what for what, v in (("accuracy", acc), ("baseline accuracy", base_acc), ("stderr", se_q),
+                                 ("baseline stderr", se_b)) if v is not None and not math.isfinite(v)]
+    if bad:  # a NaN/Inf stderr makes every shortfall look like noise: cannot be checked, so it fails
+        return {**check, "passed": False, "detail": f"{task}: {bad[0]} is not finite, cannot check recovery"}
     se = math.sqrt((se_q or 0.0) ** 2 + (se_b or 0.0) ** 2)
     z = NormalDist().inv_cdf(confidence)
     allowed = base_acc * (1 - threshold / 100)  # d
@@ -315,10 +337,13 @@ def check_policy(entry: dict, baseline_metrics: dict, gate: Gate, measured: set[
     if measured is None:
         measured = {k for m in (metrics, baseline_metrics) for k, v in m.items() if v is not None}
     checks = (
-        _perplexity_check(gate, metrics, baseline_metrics, measured)
+        finite_logits_checks(metrics, baseline_metrics)
+        + _perplexity_check(gate, metrics, baseline_metrics, measured)
         + _simple_checks(gate, metrics, measured)
         + _task_checks(gate, metrics, baseline_metrics)
+        + quantizes_nothing_check(entry)
     )
+    checks += nothing_checked(checks)
     return {"passed": all(c["passed"] for c in checks), "checks": checks}
 
 
@@ -358,42 +383,4 @@ def apply_gate(results: dict, gate: Gate) -> dict[str, dict]:
     return verdicts
 
 
-# ---------------------------------------------------------------------------
-# JUnit XML
-
-
-def junit_xml(suites: list[tuple[str, dict[str, dict]]]) -> bytes:
-    """JUnit XML: one testsuite per results file, one testcase per (policy, check).
-
-    Args:
-        suites: ``[(results file label, verdicts from evaluate_gate), ...]``.
-    """
-    import xml.etree.ElementTree as ET
-
-    root = ET.Element("testsuites", name="qeval gate")
-    total = failures = skipped = 0
-    for label, verdicts in suites:
-        suite = ET.SubElement(root, "testsuite", name=label)
-        n = f = s = 0
-        for policy, verdict in verdicts.items():
-            for check in verdict["checks"]:
-                case = ET.SubElement(suite, "testcase", classname=f"qeval.results.gate.{policy}", name=f"{policy}: {check['name']}")
-                n += 1
-                if check.get("skipped"):
-                    s += 1
-                    ET.SubElement(case, "skipped", message=check["detail"])
-                elif not check["passed"]:
-                    f += 1
-                    fail = ET.SubElement(case, "failure", message=check["detail"], type="GateFailure")
-                    fail.text = check["detail"]
-        suite.set("tests", str(n))
-        suite.set("failures", str(f))
-        suite.set("errors", "0")
-        suite.set("skipped", str(s))
-        total, failures, skipped = total + n, failures + f, skipped + s
-    root.set("tests", str(total))
-    root.set("failures", str(failures))
-    root.set("errors", "0")
-    root.set("skipped", str(skipped))
-    ET.indent(root)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+from qeval.results.junit import junit_xml  # noqa: E402,F401  (re-exported: qeval gate --junit)

@@ -222,7 +222,10 @@ def table_rows(results_list: list[dict], columns: list[Column], label_runs: bool
         for entry in _entries(results):
             is_base = entry.get("name") == "baseline"
             cells = [("-" if is_base and not c.baseline else c.cell(entry, base)) for c in columns]
-            rows.append(([label] if label_runs else []) + [str(entry.get("name", "?"))] + cells)
+            name = str(entry.get("name", "?"))
+            if entry.get("mx_scale_rule"):  # MX results depend on the scale rule: say which
+                name += f" ({entry['mx_scale_rule']})"
+            rows.append(([label] if label_runs else []) + [name] + cells)
     return headers, rows
 
 
@@ -312,6 +315,17 @@ def _gate_section(results: dict) -> list[str]:
     return lines
 
 
+_MODE_NOTE = (
+    "emulate (exact) = codes x block scales multiplied exactly, FP32 accumulation, per-tensor / per-row scales "
+    "on the output, as the tensor core computes; emulate (fake_quant) = dequantize, then a float matmul"
+)
+
+
+def _mode(entry: dict) -> str:
+    emu = entry.get("emulation")
+    return f"{entry['mode']} ({emu})" if entry.get("mode") == "emulate" and emu else str(entry.get("mode"))
+
+
 def report_markdown(results: dict, plot_name: str | None = "pareto.png") -> str:
     """The text of ``report.md``."""
     recipe = results.get("recipe") or {}
@@ -333,9 +347,9 @@ def report_markdown(results: dict, plot_name: str | None = "pareto.png") -> str:
         for key, what in (("eval", "Evaluation text"), ("calibration", "Calibration data")):
             if data.get(key):
                 lines.append(f"- {what}: `{json.dumps(data[key], sort_keys=True)}`")
-    modes = sorted({str(p.get("mode")) for p in results.get("policies") or [] if p.get("mode")})
+    modes = sorted({_mode(p) for p in results.get("policies") or [] if p.get("mode")})
     if modes:
-        lines.append(f"- Compute path: {', '.join(modes)} (emulate = dequantize, then a float matmul)")
+        lines.append(f"- Compute path: {', '.join(modes)} ({_MODE_NOTE})")
     provenance = baseline_provenance(config)
     if provenance:
         lines += ["", f"**Baseline.** {provenance}"]

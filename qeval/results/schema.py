@@ -62,6 +62,7 @@ class Metrics(TypedDict, total=False):
     similarity_spearman: float | None  # encoders: ranking score on a similarity benchmark
     ci: Intervals  # schema 2: intervals of the text metrics
     windows: WindowSums  # schema 2: per-window sums
+    nonfinite_logits: int  # positions whose logits held NaN/Inf (any > 0 fails the gate)
 
 
 class GateCheck(TypedDict, total=False):
@@ -101,6 +102,8 @@ class PolicyEntry(TypedDict, total=False):
     name: str
     policy: dict[str, Any]  # the policy as validated, as a dict
     mode: str  # "emulate" or "native": which compute path ran
+    emulation: str | None  # emulate mode: "exact" (scales in the epilogue) or "fake_quant"; None when native
+    mx_scale_rule: str | None  # MX formats' scale rule: "rceil", "floor" (OCP) or "floor+rceil"; None without MX
     plan_summary: dict[str, Any]  # Plan.summary()
     metrics: Metrics
     weight_bytes: int  # analytic, incl. scales
@@ -157,3 +160,40 @@ def run_label(results: Results) -> str:
     """``<recipe>/<run-id>``: how compare and reports name a run."""
     recipe = (results.get("recipe") or {}).get("name") or "?"
     return f"{recipe}/{results.get('run_id') or '?'}"
+
+
+def shape_problem(data: Any) -> str | None:
+    """What makes ``data`` unreadable as results (``field ...: problem``), or None.
+
+    Only the containers readers index into are checked: an object where an
+    object belongs, a list where a list belongs. Values inside may be null.
+    """
+    if not isinstance(data, dict):
+        return f"not a qeval results file (top level is {type(data).__name__}, expected an object)"
+    if not isinstance(data.get("policies"), list):
+        return "field 'policies' is missing or not a list; is this a qeval results.json?"
+    for key in ("baseline", "recipe", "gate", "environment"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            return f"field {key!r} must be an object"
+    for key in ("config",):
+        if (data.get("recipe") or {}).get(key) is not None and not isinstance(data["recipe"][key], dict):
+            return f"field 'recipe.{key}' must be an object"
+    if (data.get("gate") or {}).get("config") is not None and not isinstance(data["gate"]["config"], dict):
+        return "field 'gate.config' must be an object"
+    entries = [("baseline", data["baseline"])] if data.get("baseline") is not None else []
+    entries += [(f"policies[{i}]", e) for i, e in enumerate(data["policies"])]
+    for where, entry in entries:
+        if not isinstance(entry, dict):
+            return f"field {where!r} must be an object"
+        if where != "baseline" and not isinstance(entry.get("name"), str):
+            return f"field '{where}' needs a string 'name'"
+        for key in ("metrics", "plan_summary", "policy", "timings", "gate"):
+            if entry.get(key) is not None and not isinstance(entry[key], dict):
+                return f"field '{where}.{key}' must be an object"
+        tasks = (entry.get("metrics") or {}).get("tasks")
+        if tasks is not None and not isinstance(tasks, dict):
+            return f"field '{where}.metrics.tasks' must be an object"
+        for name, task in (tasks or {}).items():
+            if task is not None and not isinstance(task, dict):
+                return f"field '{where}.metrics.tasks.{name}' must be an object"
+    return None

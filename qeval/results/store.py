@@ -58,6 +58,7 @@ from qeval.results.schema import (  # noqa: E402
     Results,
     TaskMetrics,
     run_label,
+    shape_problem,
 )
 
 __all__ = [
@@ -93,22 +94,14 @@ def results_path(path: str | os.PathLike) -> Path:
 def validate_results(data: Any, where: str | os.PathLike) -> Results:
     """Check the shape readers rely on; one-line ResultsError naming the file and field otherwise."""
     if not isinstance(data, dict):
-        raise ResultsError(f"{where}: not a qeval results file (top level is {type(data).__name__}, expected an object)")
+        raise ResultsError(f"{where}: {shape_problem(data)}")
     version = data.get("schema_version")
     if version is not None and version not in READABLE_VERSIONS:
         readable = ", ".join(map(str, READABLE_VERSIONS))
         raise ResultsError(f"{where}: schema_version {version!r} is not supported (this qeval reads {readable})")
-    policies = data.get("policies")
-    if not isinstance(policies, list):
-        raise ResultsError(f"{where}: field 'policies' is missing or not a list; is this a qeval results.json?")
-    for i, entry in enumerate(policies):
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise ResultsError(f"{where}: field 'policies[{i}]' needs a string 'name'")
-        if not isinstance(entry.get("metrics", {}), dict):
-            raise ResultsError(f"{where}: field 'policies[{i}].metrics' must be an object")
-    baseline = data.get("baseline")
-    if baseline is not None and not isinstance(baseline, dict):
-        raise ResultsError(f"{where}: field 'baseline' must be an object")
+    problem = shape_problem(data)
+    if problem:
+        raise ResultsError(f"{where}: {problem}")
     return data  # type: ignore[return-value]
 
 
@@ -155,6 +148,23 @@ class RunDir:
         self.path = Path(path)
         self.manifest = manifest
         self.resumed = False  # True when create() reopened an earlier run
+        self._lock: int | None = None  # held from create() until release() or the process ends
+
+    def lock(self) -> "RunDir":
+        """Take the run's lock (``qeval.results.lock``); ResultsError naming the holder if taken."""
+        from qeval.results.lock import LockHeld, acquire
+
+        try:
+            self._lock = acquire(self.path)
+        except LockHeld as err:
+            raise ResultsError(str(err)) from None
+        return self
+
+    def release(self) -> None:
+        from qeval.results.lock import release
+
+        release(self._lock)
+        self._lock = None
 
     # -- locations
     @property
@@ -209,8 +219,14 @@ class RunDir:
         if resume:
             target = recipe_dir / run_id if run_id else _latest_run(recipe_dir)
             if target is not None and (target / "run.json").is_file():
-                rundir = cls._reopen(target, recipe_path, recipe_sha256)
-                _ensure_writable(rundir.policies_dir)
+                _ensure_writable(target / "policies")
+                held = cls(target, {}).lock()  # before reading anything another process may be writing
+                try:
+                    rundir = cls._reopen(target, recipe_path, recipe_sha256, recipe_config)
+                except BaseException:
+                    held.release()
+                    raise
+                rundir._lock = held._lock
                 return rundir
             if run_id is None:
                 run_id = datetime.now(timezone.utc).strftime(RUN_ID_FORMAT)
@@ -234,21 +250,22 @@ class RunDir:
             "started": now_utc(),
         }
         _ensure_writable(path / "policies")
+        rundir = cls(path, manifest).lock()
         atomic_write_json(path / "run.json", manifest)
-        return cls(path, manifest)
+        return rundir
 
     @classmethod
-    def _reopen(cls, path: Path, recipe_path: str | os.PathLike, recipe_sha256: str) -> "RunDir":
+    def _reopen(cls, path: Path, recipe_path: str | os.PathLike, recipe_sha256: str,
+                recipe_config: dict[str, Any]) -> "RunDir":
         manifest = read_json(path / "run.json")
         if not isinstance(manifest, dict) or not isinstance(manifest.get("recipe"), dict):
             raise ResultsError(f"{path / 'run.json'}: not a qeval run manifest")
         old = manifest["recipe"].get("sha256")
-        if old != recipe_sha256:
-            raise ResultsError(
-                f"cannot resume {path}: recipe {recipe_path} changed since that run "
-                f"(sha256 {str(old)[:12]}... then, {recipe_sha256[:12]}... now); "
-                "run without --resume to start a new run"
-            )
+        if old != recipe_sha256:  # the runner reuses only entries whose inputs are unchanged
+            manifest["recipe"] = {**manifest["recipe"], "path": str(recipe_path), "sha256": recipe_sha256,
+                                  "config": recipe_config}
+            manifest.setdefault("recipe_changes", []).append({"sha256_before": old, "resumed": now_utc()})
+            atomic_write_json(path / "run.json", manifest)
         rundir = cls(path, manifest)
         rundir.resumed = True
         return rundir
@@ -274,13 +291,15 @@ class RunDir:
             record = read_json(file)
             if not isinstance(record, dict) or not isinstance(record.get("entry"), dict):
                 raise ResultsError(f"{file}: not a qeval policy record; delete it to recompute that policy")
-            if record.get("recipe_sha256") != self.manifest["recipe"]["sha256"]:
-                raise ResultsError(
-                    f"{file}: written for another version of the recipe; delete it to recompute that policy"
-                )
             records.append((file.stem, record))
         records.sort(key=lambda r: (r[1].get("saved", ""), r[0]))  # order of completion
         return records
+
+    def set_aside(self, name: str) -> None:
+        """Hide a record computed from other inputs (renamed to ``.stale.<name>.json``, not deleted)."""
+        path = self.policy_file(name)
+        if path.exists():
+            os.replace(path, path.with_name(f".stale.{path.name}"))
 
     def load_finished(self) -> dict[str, dict[str, Any]]:
         """Finished evaluations by name (``"baseline"`` included), in the order they finished."""

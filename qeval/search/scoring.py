@@ -102,7 +102,8 @@ def measure(bench: Bench, policy, skip_layer: int | None = None) -> dict:
 
     seed_everything(bench.recipe.seed)
     with bench.replay.skip_before(skip_layer):
-        with quantized(bench.model, policy, mode=bench.recipe.mode, calibration=bench.calibration, progress=False):
+        with quantized(bench.model, policy, mode=bench.recipe.mode, calibration=bench.calibration, progress=False,
+                       emulation=bench.recipe.emulation):
             stats = local_pass(bench.model, bench.token_ids, bench.windows, bench.spill, baseline=False,
                                device=bench.device, chunk=bench.recipe.metrics.chunk, progress=False)
     out = summarize(stats, with_kl=True)
