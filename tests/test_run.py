@@ -140,10 +140,17 @@ def test_run_writes_results_with_the_documented_shape(first_run):
 
 
 def _without_clock(results: dict) -> str:
-    """results.json as text minus what may differ between identical runs: times, run id, paths."""
+    """results.json as text minus what may differ between identical runs: times, run id, paths,
+    memory peaks and the free bytes the baseline store saw (machine state, not results)."""
+    def entry(e: dict) -> dict:
+        e = {k: v for k, v in e.items() if k not in ("timings", "memory")}
+        if "kl_store" in e:
+            e["kl_store"] = {k: v for k, v in e["kl_store"].items() if k not in ("bytes_free", "where")}
+        return e
+
     out = {k: v for k, v in results.items() if k not in ("environment", "run_id")}
-    out["baseline"] = {k: v for k, v in out["baseline"].items() if k != "timings"}
-    out["policies"] = [{k: v for k, v in p.items() if k != "timings"} for p in out["policies"]]
+    out["baseline"] = entry(out["baseline"])
+    out["policies"] = [entry(p) for p in out["policies"]]
     return json.dumps(out, sort_keys=True)
 
 
