@@ -111,8 +111,23 @@ def test_choose_store_refuses_with_one_line(monkeypatch, tmp_path):
     need = spill_bytes(100, 1000, "float16")
     assert str(tmp_path / "x.npy") in str(e.value) and f"need {need} bytes" in str(e.value)
     assert "5000 bytes free" in str(e.value)
-    with pytest.raises(bs.StoreSpaceError):
-        bs.choose_store(1, 1, device="cpu", spill_path=tmp_path / "x.npy", prefer="device")
+    with pytest.raises(bs.StoreSpaceError) as e:  # host memory too small for a CPU model's store
+        bs.choose_store(100, 1000, device="cpu", spill_path=tmp_path / "x.npy", prefer="device")
+    assert "cpu" in str(e.value) and "1000 bytes free" in str(e.value)
+
+
+def test_a_cpu_model_keeps_the_baseline_in_host_memory_in_float32(monkeypatch, tmp_path):
+    """On the CPU the store is exact float32 in RAM when MemAvailable holds it, float16 when only that fits."""
+    import psutil  # a peer's reading of the same number
+
+    assert 0 < bs.host_available_bytes() <= psutil.virtual_memory().total
+    monkeypatch.setattr(bs, "host_available_bytes", lambda: 10 << 30)
+    c = bs.choose_store(4096, 65536, device="cpu", spill_path=tmp_path / "s.npy", reserve=0, slack=256 << 20)
+    assert (c.path, c.dtype, c.where) == ("device", "float32", "cpu")
+    store = bs.make_store(c, {})
+    assert isinstance(store, bs.DeviceSpill) and store.device == torch.device("cpu")
+    monkeypatch.setattr(bs, "host_available_bytes", lambda: 5 << 28)
+    assert bs.choose_store(4096, 65536, device="cpu", spill_path=tmp_path / "s.npy", slack=256 << 20).dtype == "float16"
 
 
 def test_run_refuses_before_the_baseline_pass_when_the_disk_is_too_small(monkeypatch, tmp_path, capsys):
@@ -127,6 +142,7 @@ def test_run_refuses_before_the_baseline_pass_when_the_disk_is_too_small(monkeyp
     (root / "calib.txt").write_text(_text(2, 400), encoding="utf-8")
     recipe = write_recipe(root)
     monkeypatch.setattr(bs, "disk_free_bytes", lambda p: 1234)
+    monkeypatch.setattr(bs, "host_available_bytes", lambda: 999)  # nor does the CPU model's host memory
     called = []
     import qeval.pipeline.passes as passes
 
@@ -153,9 +169,11 @@ def test_results_record_the_store_and_the_peaks(tmp_path):
                       RunOptions(results_dir=tmp_path / "r", progress=False, print_table=False))
     res = json.loads(Path(path).read_text())
     for entry in (res["baseline"], res["policies"][0]):
-        assert entry["kl_store"]["path"] == "disk" and entry["kl_store"]["dtype"] == "float16"
+        # a CPU model: exact float32 log-probs in host memory, no file
+        assert entry["kl_store"]["path"] == "device" and entry["kl_store"]["dtype"] == "float32"
+        assert entry["kl_store"]["where"] == "cpu"
         vocab = json.loads((root / "model" / "config.json").read_text())["vocab_size"]
-        assert entry["kl_store"]["bytes_needed"] == spill_bytes(299, vocab, "float16")
+        assert entry["kl_store"]["bytes_needed"] == spill_bytes(299, vocab, "float32")
         mem = entry["memory"]
         assert mem["gpu_peak_bytes"] is None and mem["host_peak_bytes"] > 10 << 20
     assert "dequantize_s" in res["policies"][0]["timings"]

@@ -5,8 +5,8 @@ the whole vocabulary: ``positions x vocab`` numbers (16k tokens of a 128k
 vocabulary: 8.4 GB in float32). Two places, chosen before the baseline pass:
 
 - ``device``: a tensor on the device that computes the logits (float32 when
-  that fits, else float16), no file and no host round trip; each policy's KL
-  reads it in place. Needs the store plus ``reserve`` bytes (what a policy
+  that fits, else float16; host memory for a model on the CPU), no file and
+  no host round trip; each policy's KL reads it in place. Needs the store plus ``reserve`` bytes (what a policy
   pass adds: a quantized copy of the weights, a window's scratch) free there.
 - ``disk``: a float16 ``BaselineSpill`` in the run directory (2 bytes per
   entry plus one argmax per row), read back a window at a time.
@@ -17,6 +17,7 @@ a run that cannot hold the store stops before any model work.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -104,10 +105,24 @@ class StoreSpaceError(Exception):
 
 
 def device_free_bytes(device) -> int:
-    """Free bytes on a CUDA device, counting blocks PyTorch's allocator caches but does not use."""
+    """Free bytes on a CUDA device (counting blocks PyTorch's allocator caches but does not use),
+    or the host memory available to a new allocation (``MemAvailable``) for the CPU."""
     device = torch.device(device)
+    if device.type != "cuda":
+        return host_available_bytes()
     free, _ = torch.cuda.mem_get_info(device)
     return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def host_available_bytes() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")  # free pages only: a lower bound
 
 
 def disk_free_bytes(path: Path) -> int:
@@ -123,7 +138,7 @@ def choose_store(rows: int, vocab: int, *, device, spill_path: Path, reserve: in
 
     Args:
         rows: positions this process scores; vocab: logits per position.
-        device: the device of the logits (a CUDA device, or None / CPU: disk only).
+        device: the device of the logits (a CUDA device, the CPU: host memory; None: disk only).
         spill_path: where the disk spill would go.
         reserve: device bytes the policy passes need beside the store.
         prefer: ``auto``, or force ``device`` / ``disk``.
@@ -134,8 +149,8 @@ def choose_store(rows: int, vocab: int, *, device, spill_path: Path, reserve: in
     """
     if prefer not in PATHS:
         raise ValueError(f"baseline store must be one of {PATHS}, got {prefer!r}")
-    cuda = device is not None and torch.device(device).type == "cuda"
-    if prefer in ("auto", "device") and cuda:
+    held = device is not None and torch.device(device).type in ("cuda", "cpu")
+    if prefer in ("auto", "device") and held:
         free = device_free_bytes(device)
         for dtype in ("float32", "float16"):
             need = spill_bytes(rows, vocab, dtype)
@@ -149,7 +164,7 @@ def choose_store(rows: int, vocab: int, *, device, spill_path: Path, reserve: in
                 f"{free} bytes free"
             )
     elif prefer == "device":
-        raise StoreSpaceError(f"baseline store 'device' needs a CUDA device; the logits are on {device or 'cpu'}")
+        raise StoreSpaceError(f"baseline store 'device' needs the logits on a CUDA device or the CPU, not {device}")
     need = spill_bytes(rows, vocab, "float16")
     free = disk_free_bytes(spill_path.parent)
     if need + min(slack, need) > free:
