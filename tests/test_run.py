@@ -388,3 +388,50 @@ def test_python_run_is_qeval_run(workspace, tmp_path):
     res = qeval.run(write_recipe(workspace), results_dir=tmp_path, run_id="api", limit_tokens=64, progress=False)
     assert res["run_id"] == "api" and (tmp_path / "tiny" / "api" / "results.json").is_file()
     assert [p["name"] for p in res["policies"]] == ["fp8-dynamic", "nvfp4"]
+
+
+def test_quick_mode_writes_the_recipe_it_runs(workspace, tmp_path, capsys):
+    """lm-eval style flags, no recipe file: the recipe written to --output_path is what ran."""
+    from qeval.pipeline.recipe import load_recipe
+
+    out = tmp_path / "quick"
+    (tmp_path / "calib.txt").write_text(_text(3, 2400), encoding="utf-8")  # 4 x 512 tokens: the recipe default
+    argv = ["run", "--model", str(workspace / "model"), "--model_args", "dtype=float32,device=cpu",
+            "--policies", "fp8-dynamic,nvfp4", "--eval_data", str(workspace / "eval.txt"),
+            "--calibration", str(tmp_path / "calib.txt"), "--max_tokens", "300",
+            "--output_path", str(out), "--run-id", "q", "--no-progress"]
+    assert cli_main(argv) == 0
+    written = out / "quick-model.yaml"
+    recipe, _ = load_recipe(written)
+    assert recipe.model.id == str(workspace / "model") and recipe.policy_names() == ["fp8-dynamic", "nvfp4"]
+    assert recipe.eval_data.path == str(workspace / "eval.txt") and recipe.eval_data.max_tokens == 300
+    quick = json.loads((out / "quick-model" / "q" / "results.json").read_text())
+    again = json.loads(run_recipe(written, _opts(tmp_path / "again", run_id="again")).read_text())
+    assert numbers(quick) == numbers(again) and quick["policies"][0]["metrics"]["kl_mean"] > 0
+    err = capsys.readouterr().err
+    assert "[3/3]" not in err and "Loading weights" not in err  # --no-progress: silent, model loading too
+
+
+def test_quick_mode_task_options_and_bad_flags(tmp_path, capsys):
+    from qeval.cli import build_parser
+    from qeval.pipeline.quick import quick_recipe
+
+    args = build_parser().parse_args(
+        ["run", "--model", "hf", "--model_args", "pretrained=org/m,dtype=bfloat16,trust_remote_code=false",
+         "--policies", "fp8", "--tasks", "word_analogy,winowhy", "--num_fewshot", "5", "--apply_chat_template",
+         "--log_samples", "--limit", "50", "--output_path", str(tmp_path)])
+    recipe = quick_recipe(args, ["fp8"])
+    assert recipe["model"] == {"id": "org/m", "dtype": "bfloat16", "trust_remote_code": False}
+    assert recipe["tasks"][1] == {"name": "winowhy", "batch_size": 8, "limit": 50, "num_fewshot": 5,
+                                  "apply_chat_template": True, "log_samples": True}
+    assert "eval_data" not in recipe  # tasks only, as lm-eval would run
+    for argv, message in (
+        (["--model", "m", "--model_args", "pretrained=x,bogus=1", "--policies", "fp8", "--output_path", "o"],
+         "--model_args: unknown key 'bogus'"),
+        (["--model", "m", "--policies", "fp8"], "quick mode needs --output_path"),
+        (["--model", "m", "--output_path", "o"], "quick mode needs --policies"),
+    ):
+        assert cli_main(["run", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "o").exists()

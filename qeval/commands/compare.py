@@ -5,8 +5,8 @@ Each RESULTS is a results.json or a run directory. Rows are labelled by run
 first. Columns default to every metric that has a value; pick them with
 --metrics (keys: weight_bytes, savings_vs_bf16, perplexity,
 perplexity_increase_pct, kl_mean, kl_p99, top1_agreement,
-embedding_cosine_mean, embedding_cosine_min, similarity_spearman, quantize_s,
-eval_s, gate, tasks, task:<name>). Perplexity, KL and top-1 show ± half
+embedding_cosine_mean, embedding_cosine_min, similarity_spearman, kv_cache,
+quantize_s, eval_s, gate, tasks, task:<name>). Perplexity, KL and top-1 show ± half
 their confidence interval.
 
 Then every pair of policies scored on the same tokens (the same text and

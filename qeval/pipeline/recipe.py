@@ -83,10 +83,43 @@ class Metrics(_Strict):
     bootstrap: int = Field(1000, ge=10)  # resamples of windows for the KL p99 interval (seeded with the recipe seed)
 
 
+# lm_eval.simple_evaluate arguments qeval sets itself (a task's `lm_eval_args` may not)
+_QEVAL_SETS = {"model", "model_args", "tasks", "task_manager", "limit", "batch_size", "device", "random_seed",
+               "numpy_random_seed", "torch_random_seed", "fewshot_random_seed", "evaluation_tracker"}
+
+
 class TaskSpec(_Strict):
+    """One lm-eval task. The options below have lm-eval's names and go to
+    ``lm_eval.simple_evaluate`` unchanged; ``lm_eval_args`` passes any other of its arguments."""
+
     name: str
-    limit: int | None = Field(None, ge=1)  # examples per task (None: all)
+    limit: int | float | None = Field(None, gt=0)  # examples per task (a fraction if < 1; None: all)
     batch_size: int = Field(8, ge=1)
+    num_fewshot: int | None = Field(None, ge=0)  # None: the task's own default
+    apply_chat_template: bool | str = False
+    fewshot_as_multiturn: bool | None = None
+    system_instruction: str | None = None
+    gen_kwargs: str | dict[str, Any] | None = None  # generation arguments of generative tasks
+    log_samples: bool = False  # per-example inputs/outputs -> samples/<policy>/<task>.jsonl in the run
+    lm_eval_args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("lm_eval_args")
+    @classmethod
+    def _args(cls, v):
+        taken = sorted(set(v) & (_QEVAL_SETS | set(cls.model_fields)))
+        if taken:
+            raise ValueError(f"{', '.join(taken)}: set by qeval or by the task's own fields, not in lm_eval_args")
+        return v
+
+    def lm_eval_options(self) -> dict[str, Any]:
+        """The options that differ from lm-eval's defaults, as ``simple_evaluate`` keywords."""
+        out = {k: getattr(self, k) for k in ("num_fewshot", "fewshot_as_multiturn", "system_instruction", "gen_kwargs")
+               if getattr(self, k) is not None}
+        if self.apply_chat_template:
+            out["apply_chat_template"] = self.apply_chat_template
+        if self.log_samples:
+            out["log_samples"] = True
+        return {**out, **self.lm_eval_args}
 
 
 class EmbeddingConfig(_Strict):
@@ -243,6 +276,7 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     _check_policies(path, recipe)
     _check_gate(path, recipe)
     _check_local_text(path, recipe)
+    _check_lm_eval_args(path, recipe)
     return recipe, hashlib.sha256(raw_bytes).hexdigest()
 
 
@@ -363,6 +397,23 @@ def _check_local_text(path: Path, recipe: Recipe) -> None:
             read_utf8(file)
         except DataError as err:
             raise RecipeError(f"{path}: field '{field}.path': {err}") from None
+
+
+def _check_lm_eval_args(path: Path, recipe: Recipe) -> None:
+    """``lm_eval_args`` name arguments of ``lm_eval.simple_evaluate`` (checked before any model work)."""
+    if not any(t.lm_eval_args for t in recipe.tasks):
+        return
+    import inspect
+
+    import lm_eval
+
+    known = set(inspect.signature(lm_eval.simple_evaluate).parameters)
+    for i, task in enumerate(recipe.tasks):
+        for key in task.lm_eval_args:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise RecipeError(f"{path}: field 'tasks[{i}].lm_eval_args.{key}': not an lm_eval.simple_evaluate argument{hint}")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
