@@ -435,3 +435,12 @@ def test_quick_mode_task_options_and_bad_flags(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_resume_of_a_run_that_does_not_exist_exits_2(workspace, tmp_path, capsys):
+    recipe = write_recipe(workspace)
+    argv = ["run", str(recipe), "--resume", "--run-id", "nonexistent", "--results-dir", str(tmp_path), "--no-progress"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot resume: no run" in err[0] and "nonexistent" in err[0]
+    assert not (tmp_path / "tiny" / "nonexistent").exists()

@@ -228,6 +228,11 @@ class RunDir:
                     raise
                 rundir._lock = held._lock
                 return rundir
+            if run_id is not None:  # a named run that is not there is a typo, not a fresh start
+                runs = sorted(p.parent.name for p in recipe_dir.glob("*/run.json"))
+                known = f"runs of {recipe_name}: {', '.join(runs[-5:])}" if runs else f"no runs of {recipe_name} yet"
+                raise ResultsError(f"cannot resume: no run {recipe_dir / run_id} ({known}); drop --run-id to resume "
+                                   "the latest run, or drop --resume to start a new run with that id")
             if run_id is None:
                 run_id = datetime.now(timezone.utc).strftime(RUN_ID_FORMAT)
 

@@ -271,3 +271,53 @@ def print_table(results: dict, console=None, metrics: list[str] | None = None) -
     columns = select_columns([results], metrics)
     headers, rows = table_rows([results], columns, label_runs=False)
     print_wide(rich_table(headers, rows, title=f"qeval: {run_label(results)}"), console)
+
+
+def _value(column: Column, entry: dict, base: dict):
+    raw = column.get(entry, base)
+    return _num(raw.get("acc")) if isinstance(raw, dict) else raw
+
+
+def differences(results_list: list[dict], columns: list[Column]) -> list[str]:
+    """What changed in each later run against the first, per policy both have; and whether the gates differ.
+
+    One line per (run, policy): ``run-b nvfp4: KL mean 0.5353 -> 0.5101 (-0.0252); gate FAIL -> PASS``.
+    """
+    if len(results_list) < 2:
+        return []
+    first = results_list[0]
+    label0 = run_label(first)
+    ref = {e.get("name"): e for e in _entries(first)}
+    base0 = (first.get("baseline") or {}).get("metrics") or {}
+    lines = []
+    gate0 = (first.get("gate") or {}).get("config")
+    for results in results_list[1:]:
+        label = run_label(results)
+        base = (results.get("baseline") or {}).get("metrics") or {}
+        gate = (results.get("gate") or {}).get("config")
+        if gate != gate0:
+            lines.append(f"note: {label} used another gate than {label0} ({_gate_text(gate)} vs {_gate_text(gate0)}): "
+                         "their PASS/FAIL are not comparable")
+        for entry in _entries(results):
+            old = ref.get(entry.get("name"))
+            if old is None:
+                continue
+            changes = []
+            for c in columns:
+                a, b = _value(c, old, base0), _value(c, entry, base)
+                if a == b or (a is None and b is None):
+                    continue
+                na, nb = _num(a), _num(b)
+                if na is not None and nb is not None:
+                    changes.append(f"{c.header} {c.fmt(c.get(old, base0))} -> {c.fmt(c.get(entry, base))} ({nb - na:+.4g})")
+                else:
+                    changes.append(f"{c.header} {c.fmt(c.get(old, base0))} -> {c.fmt(c.get(entry, base))}")
+            if changes:
+                lines.append(f"{label} {entry.get('name')}: " + "; ".join(changes))
+    return [f"vs {label0}:"] + lines if lines else [f"vs {label0}: no differences in the columns shown"]
+
+
+def _gate_text(config) -> str:
+    if not isinstance(config, dict):
+        return "no gate"
+    return ", ".join(f"{k} {v}" for k, v in config.items() if v is not None and k not in ("policies",)) or "empty gate"
