@@ -371,6 +371,17 @@ def test_task_options_reach_lm_eval_unchanged_and_its_block_is_kept(monkeypatch)
     json.dumps(res)  # results.json can hold it
 
 
+def test_lm_eval_progress_bars_show_unless_quiet(capfd):
+    model, tok = _tiny_lm()
+    docs = [dict(d, query=d["query"].lower(), choices=[c.lower() for c in d["choices"]])
+            for d in analogy_docs(ANALOGY, seed=0)]
+    built = write_task("tiny_bars", docs, seed=0)
+    loud = run_lm_eval(model, tok, [built], limit=2, batch_size=2, quiet=False)
+    assert "Running loglikelihood requests" in capfd.readouterr().err
+    assert run_lm_eval(model, tok, [built], limit=2, batch_size=2) == loud  # quiet: same numbers, nothing shown
+    assert "Running loglikelihood requests" not in capfd.readouterr().err
+
+
 def test_a_generative_task_keeps_its_own_metrics(tmp_path):
     """Metrics beyond acc (exact_match of a generate_until task) are carried through."""
     import yaml

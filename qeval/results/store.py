@@ -5,7 +5,8 @@ Layout of one run (``results/<recipe-name>/<run-id>/``)::
     run.json              manifest written first: recipe name/path/sha256/config, run id, start time
     policies/<name>.json  one file per finished evaluation (``baseline.json`` for the baseline)
     results.json          assembled by ``RunDir.finalize`` from the per-policy files
-    report.md, pareto.png written by ``qeval.results.report`` after results.json
+    report.md, report.html, pareto.png   written by ``qeval.results.report`` after results.json
+    samples/<policy>/<task>.jsonl        lm-eval's per-example records, for tasks with ``log_samples``
 
 Every file is written atomically (a temp file in the same directory, then
 ``os.replace``), so a killed run never leaves a half-written file and loses no
