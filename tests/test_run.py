@@ -430,6 +430,7 @@ def test_quick_mode_task_options_and_bad_flags(tmp_path, capsys):
          "--model_args: unknown key 'bogus'"),
         (["--model", "m", "--policies", "fp8"], "quick mode needs --output_path"),
         (["--model", "m", "--output_path", "o"], "quick mode needs --policies"),
+        (["recipe.yaml", "--tasks", "word_analogy"], "--tasks belongs to quick mode"),
     ):
         assert cli_main(["run", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -58,6 +58,11 @@ def add_arguments(parser) -> None:
     quick.add_argument("--seed", type=int, default=0)
 
 
+# options that only quick mode reads (a recipe has its own fields for them)
+_QUICK_ONLY = ("model_args", "tasks", "output_path", "num_fewshot", "apply_chat_template", "log_samples", "limit",
+               "eval_data", "calibration", "gate")
+
+
 def run(args) -> int:
     import sys
     from pathlib import Path
@@ -73,6 +78,9 @@ def run(args) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else None
     try:
         recipe, results_dir = args.recipe, Path(args.results_dir)
+        quick_only = [k for k in _QUICK_ONLY if getattr(args, k) not in (None, False, "")]
+        if args.recipe is not None and not args.model and quick_only:
+            raise RecipeError(f"--{quick_only[0]} belongs to quick mode (--model ...); a recipe sets it in its own fields")
         if args.model or args.recipe is None:
             from qeval.pipeline.quick import QuickError, write_quick_recipe
 
