@@ -68,6 +68,9 @@ def group_entries(entries) -> list[dict]:
         g["after"] += e.bytes_after
         if e.layer is not None:
             g["layers"].add(e.layer)
+    for g in groups.values():
+        if g["count"] == 1:  # a group of one: its own name
+            g["name"] = g["entry"].name
     return list(groups.values())
 
 
