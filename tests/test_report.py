@@ -172,7 +172,7 @@ def test_report_opens_with_a_verdict_from_the_stored_numbers():
     assert "3 of 5 policies fail the gate" in first
     # the failure reasons state the relation that holds
     kl = res["policies"][2]["metrics"]["kl_mean"]
-    assert f"**nvfp4**: FAIL: KL mean {kl:.4g} > 0.1 allowed" in text
+    assert f"**nvfp4**: FAIL: KL mean {kl:.6g} > 0.1 allowed" in text
     # GPU recommendation section: one row per policy, with the stored option
     section = text.split("## GPU recommendation")[1].split("##")[0]
     for p in res["policies"]:
@@ -192,7 +192,7 @@ def test_no_policy_passes_and_no_gate_verdicts():
         p["gate"] = {"passed": False, "checks": [{"name": "min_top1_agreement", "op": ">=", "threshold": 0.99,
                                                    "passed": False, "value": p["metrics"]["top1_agreement"]}]}
     top1 = res["policies"][2]["metrics"]["top1_agreement"]  # nvfp4: as few failed checks as any, fewest bytes
-    assert verdict(res) == f"No policy passes the gate. Closest: nvfp4 (top-1 {top1:.4g} < 0.99 required)."
+    assert verdict(res) == f"No policy passes the gate. Closest: nvfp4 (top-1 {top1:.6g} < 0.99 required)."
     for p in res["policies"]:
         p.pop("gate")
     assert verdict(res).startswith("No gate set: smallest policy nvfp4")

@@ -42,6 +42,7 @@ from qeval.files import read_yaml
 from qeval.paths import CONFIGS
 from qeval.results import intervals
 from qeval.results.sanity import finite_logits_checks, nothing_checked, quantizes_nothing_check
+from qeval.results.summary import relation
 
 GATES_DIR = CONFIGS / "gates"
 
@@ -180,27 +181,15 @@ def _missing_check(name, metric, op, threshold, measured_elsewhere: bool, what: 
             "passed": False, "detail": f"{what} missing for this policy but measured for others in the run"}
 
 
-def _relation(what, value, op, threshold) -> str:
-    """The relation that holds, in words: ``kl_mean 0.1026 > 0.1 allowed`` / ``top1 0.9 >= 0.85 required``."""
-    bound = "allowed" if op == "<=" else "required"
-    holds = value <= threshold if op == "<=" else value >= threshold
-    shown = op if holds else (">" if op == "<=" else "<")
-    return f"{what} {value:.6g} {shown} {threshold:g} {bound}"
-
-
 def _compare(name, metric, op, threshold, value) -> dict:
     if not math.isfinite(value):
         return {"name": name, "metric": metric, "op": op, "threshold": threshold, "value": value,
                 "passed": False, "detail": f"{metric} = {value} is not finite"}
     passed = value <= threshold if op == "<=" else value >= threshold
     margin = threshold - value if op == "<=" else value - threshold
-    # never "fails: kl_mean 0.1026 <= 0.1 required": the relation shown is the one that holds
-    if passed:
-        detail = f"passes: {_relation(metric, value, op, threshold)} (margin {margin:.4g})"
-    else:
-        detail = f"fails: {_relation(metric, value, op, threshold)} ({'over' if op == '<=' else 'short'} by {-margin:.4g})"
+    how = f"margin {margin:.4g}" if passed else f"{'over' if op == '<=' else 'short'} by {-margin:.4g}"
     return {"name": name, "metric": metric, "op": op, "threshold": threshold, "value": value, "passed": passed,
-            "detail": detail}
+            "detail": f"{'passes' if passed else 'fails'}: {relation(metric, value, op, threshold)} ({how})"}
 
 
 def _bound_check(name, metric, op, threshold, value, bounds, confidence, what=None) -> dict:
@@ -212,7 +201,7 @@ def _bound_check(name, metric, op, threshold, value, bounds, confidence, what=No
         return check
     passed, verdict = intervals.judge(value, bounds, op, threshold)
     check.update(passed=passed, interval=list(bounds), detail=(
-        f"{verdict}: {_relation(what or metric, value, op, threshold)}, "
+        f"{verdict}: {relation(what or metric, value, op, threshold)}, "
         f"{confidence:g} one-sided bounds [{bounds[0]:.4g}, {bounds[1]:.4g}]"))
     if verdict == "passes within noise":
         check["within_noise"] = True

@@ -32,6 +32,14 @@ def short_check(name: str) -> str:
     return SHORT.get(name, name)
 
 
+def relation(what: str, value: float, op: str, threshold: float) -> str:
+    """The relation that holds, in words: ``kl_mean 0.1026 > 0.1 allowed``, ``top1 0.9 >= 0.85 required``
+    (never "fails: kl_mean 0.1026 <= 0.1 required", which reads like a true statement)."""
+    holds = value <= threshold if op == "<=" else value >= threshold
+    shown = op if holds else (">" if op == "<=" else "<")
+    return f"{what} {value:.6g} {shown} {threshold:g} {'allowed' if op == '<=' else 'required'}"
+
+
 def failed_checks(entry: dict) -> list[dict]:
     verdict = entry.get("gate")
     if not isinstance(verdict, dict):
@@ -128,9 +136,7 @@ def _reason(check: dict) -> str:
         return f"{short_check(name)} recovery {rec} < {threshold:g}% required ({sig})"
     if value is None or threshold is None:
         return f"{short_check(name)}: {check.get('detail', 'not measured')}"
-    if check.get("op") == "<=":
-        return f"{short_check(name)} {value:.4g} > {threshold:g} allowed"
-    return f"{short_check(name)} {value:.4g} < {threshold:g} required"
+    return relation(short_check(name), value, check.get("op") or "<=", threshold)
 
 
 def failure_reasons(entry: dict) -> list[str]:
