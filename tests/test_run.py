@@ -445,3 +445,37 @@ def test_resume_of_a_run_that_does_not_exist_exits_2(workspace, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot resume: no run" in err[0] and "nonexistent" in err[0]
     assert not (tmp_path / "tiny" / "nonexistent").exists()
+
+
+def test_quick_mode_fits_windows_to_the_model_context(tmp_path):
+    """lm-eval reads max_length from --model_args or the model's config; quick mode shortens its windows to it."""
+    from qeval.cli import build_parser
+    from qeval.pipeline.quick import QuickError, quick_recipe
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"max_position_embeddings": 200}), encoding="utf-8")
+
+    def recipe(*extra):
+        args = build_parser().parse_args(["run", "--policies", "fp8", "--output_path", str(tmp_path), *extra])
+        return quick_recipe(args, ["fp8"])
+
+    local = recipe("--model", str(folder))
+    assert local["metrics"] == {"perplexity": {"window": 200}} and local["calibration"]["seq_len"] == 200
+    given = recipe("--model", str(folder), "--model_args", "max_length=100")  # the user's word wins
+    assert given["metrics"]["perplexity"]["window"] == 100 and given["calibration"]["seq_len"] == 100
+    long = recipe("--model", str(folder), "--model_args", "max_length=4096")  # longer than the defaults: kept
+    assert "metrics" not in long and "seq_len" not in long["calibration"]
+    assert "metrics" not in recipe("--model", "org/not-local")  # unknown context: the recipe's defaults
+    with pytest.raises(QuickError, match="max_length=x1 is not a whole number"):
+        recipe("--model", str(folder), "--model_args", "max_length=x1")
+
+
+def test_an_unknown_lm_eval_argument_is_refused_before_any_work(workspace, tmp_path, capsys):
+    tasks = [{"name": "word_analogy", "limit": 2, "lm_eval_args": {"bootstrap_iter": 0}}]
+    recipe = write_recipe(workspace, "badargs.yaml", tasks=tasks)
+    argv = ["run", str(recipe), "--dry-run", "--results-dir", str(tmp_path), "--no-progress"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "field 'tasks[0].lm_eval_args.bootstrap_iter'" in err[0]
+    assert "did you mean 'bootstrap_iters'?" in err[0] and not (tmp_path / "badargs").exists()

@@ -7,6 +7,7 @@ recipe on disk is exactly what ran and ``qeval run DIR/<name>.yaml`` repeats it.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import yaml
 MODEL_ARGS = {"pretrained": "id", "dtype": "dtype", "device": "device", "device_map": "device_map",
               "revision": "revision", "trust_remote_code": "trust_remote_code", "gguf_file": "gguf_file"}
 _BOOL = {"true": True, "false": False}
+_WINDOW, _CALIB_LEN = 1024, 512  # the recipe's defaults, shortened to the model's context when it is shorter
 
 
 class QuickError(ValueError):
@@ -30,8 +32,13 @@ def parse_model_args(text: str) -> dict[str, Any]:
         key, eq, value = part.partition("=")
         if not eq or not value:
             raise QuickError(f"--model_args: {part!r} is not key=value")
+        if key == "max_length":  # lm-eval's context length: here the perplexity window
+            if not value.isdigit() or int(value) < 2:
+                raise QuickError(f"--model_args: max_length={value} is not a whole number >= 2")
+            out["max_length"] = int(value)
+            continue
         if key not in MODEL_ARGS:
-            raise QuickError(f"--model_args: unknown key {key!r} (valid: {', '.join(MODEL_ARGS)})")
+            raise QuickError(f"--model_args: unknown key {key!r} (valid: {', '.join(MODEL_ARGS)}, max_length)")
         out[MODEL_ARGS[key]] = _BOOL.get(value.lower(), value) if key == "trust_remote_code" else value
     return out
 
@@ -53,6 +60,7 @@ def quick_recipe(args, policies: list[str] | None) -> dict[str, Any]:
         model["id"] = args.model
     elif "id" not in model:
         raise QuickError("--model hf needs pretrained=<hub ID or folder> in --model_args")
+    context = model.pop("max_length", None) or _local_context(model["id"])
     tasks = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
     task_options = {"batch_size": args.batch_size}
     if args.limit is not None:
@@ -73,11 +81,28 @@ def quick_recipe(args, policies: list[str] | None) -> dict[str, Any]:
     eval_data = args.eval_data or (None if tasks else "gensim-wiki")
     if eval_data:
         recipe["eval_data"] = {**_text(eval_data), "max_tokens": args.max_tokens}
+        if context and context < _WINDOW:
+            recipe["metrics"] = {"perplexity": {"window": context}}
     # static activation scales come from other text than the evaluation's
     recipe["calibration"] = _text(args.calibration or ("gensim-wiki" if eval_data == "gensim-lee" else "gensim-lee"))
+    if context and context < _CALIB_LEN:
+        recipe["calibration"]["seq_len"] = context
     if args.gate:
         recipe["gate"] = args.gate
     return recipe
+
+
+def _local_context(model_id: str) -> int | None:
+    """A local folder's context length from its config.json (lm-eval's default max_length); None if unknown."""
+    try:
+        config = json.loads((Path(model_id).expanduser() / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    config = config.get("text_config") or config if isinstance(config, dict) else {}
+    for key in ("max_position_embeddings", "n_positions"):
+        if isinstance(config.get(key), int) and config[key] >= 2:
+            return config[key]
+    return None
 
 
 def _text(source: str) -> dict[str, Any]:

@@ -115,11 +115,8 @@ class TaskSpec(_Strict):
         """The options that differ from lm-eval's defaults, as ``simple_evaluate`` keywords."""
         out = {k: getattr(self, k) for k in ("num_fewshot", "fewshot_as_multiturn", "system_instruction", "gen_kwargs")
                if getattr(self, k) is not None}
-        if self.apply_chat_template:
-            out["apply_chat_template"] = self.apply_chat_template
-        if self.log_samples:
-            out["log_samples"] = True
-        return {**out, **self.lm_eval_args}
+        flags = {k: getattr(self, k) for k in ("apply_chat_template", "log_samples") if getattr(self, k)}
+        return {**out, **flags, **self.lm_eval_args}
 
 
 class EmbeddingConfig(_Strict):
@@ -276,7 +273,6 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     _check_policies(path, recipe)
     _check_gate(path, recipe)
     _check_local_text(path, recipe)
-    _check_lm_eval_args(path, recipe)
     return recipe, hashlib.sha256(raw_bytes).hexdigest()
 
 
@@ -397,23 +393,6 @@ def _check_local_text(path: Path, recipe: Recipe) -> None:
             read_utf8(file)
         except DataError as err:
             raise RecipeError(f"{path}: field '{field}.path': {err}") from None
-
-
-def _check_lm_eval_args(path: Path, recipe: Recipe) -> None:
-    """``lm_eval_args`` name arguments of ``lm_eval.simple_evaluate`` (checked before any model work)."""
-    if not any(t.lm_eval_args for t in recipe.tasks):
-        return
-    import inspect
-
-    import lm_eval
-
-    known = set(inspect.signature(lm_eval.simple_evaluate).parameters)
-    for i, task in enumerate(recipe.tasks):
-        for key in task.lm_eval_args:
-            if key not in known:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise RecipeError(f"{path}: field 'tasks[{i}].lm_eval_args.{key}': not an lm_eval.simple_evaluate argument{hint}")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

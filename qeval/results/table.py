@@ -278,7 +278,7 @@ def _value(column: Column, entry: dict, base: dict):
     return _num(raw.get("acc")) if isinstance(raw, dict) else raw
 
 
-def differences(results_list: list[dict], columns: list[Column]) -> list[str]:
+def changes_vs_first(results_list: list[dict], columns: list[Column]) -> list[str]:
     """What changed in each later run against the first, per policy both have; and whether the gates differ.
 
     One line per (run, policy): ``run-b nvfp4: KL mean 0.5353 -> 0.5101 (-0.0252); gate FAIL -> PASS``.
