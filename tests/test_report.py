@@ -331,3 +331,17 @@ def test_html_report_renders_in_headless_chromium(tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text("<html><body><p>x</p><script>undefinedFunction()</script></body></html>", encoding="utf-8")
     assert _console_lines(_chromium(bad.as_uri(), tmp_path / "bad.png", tmp_path))
+
+
+def test_pareto_keeps_a_policy_on_the_baseline_visible(tmp_path):
+    """bf16 sits exactly on the baseline (same bytes, KL 0): its point is drawn over the hollow star, not hidden."""
+    res = {"recipe": {"name": "q"}, "run_id": "r", "baseline": {"weight_bytes": 2_000_000},
+           "policies": [{"name": "bf16", "weight_bytes": 2_000_000, "metrics": {"kl_mean": 0.0},
+                         "gate": {"passed": True, "checks": []}}]}
+    img = _plot_pixels(pareto_plot(res, tmp_path / "p.png"))
+    green = (img[..., 1] > 0.4) & (img[..., 0] < 0.35) & (img[..., 2] < 0.35)
+    h, w = green.shape
+    assert green[h // 3: 2 * h // 3, w // 3: 2 * w // 3].sum() > 10  # the lone point sits mid-plot (the legend: a corner)
+    res["policies"][0]["gate"]["passed"] = False
+    img = _plot_pixels(pareto_plot(res, tmp_path / "q.png"))
+    assert not ((img[..., 1] > 0.4) & (img[..., 0] < 0.35) & (img[..., 2] < 0.35)).any()  # colour follows the gate

@@ -479,3 +479,31 @@ def test_an_unknown_lm_eval_argument_is_refused_before_any_work(workspace, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "field 'tasks[0].lm_eval_args.bootstrap_iter'" in err[0]
     assert "did you mean 'bootstrap_iters'?" in err[0] and not (tmp_path / "badargs").exists()
+
+
+def test_progress_shows_loading_step_lines_and_an_eta(workspace, tmp_path, capfd):
+    """Long runs are not quiet: transformers' loading bar, then one line per evaluation with elapsed time and an
+    ETA over what is left (the --no-progress run of the quick-mode test shows none of it)."""
+    argv = ["run", str(write_recipe(workspace)), "--results-dir", str(tmp_path), "--run-id", "p", "--limit-tokens", "64"]
+    assert cli_main(argv) == 0
+    err = capfd.readouterr().err
+    assert "Loading weights" in err
+    lines = [line for line in err.splitlines() if line.startswith("[")]
+    assert [line.split(":")[0] for line in lines] == ["[1/3] baseline", "[2/3] fp8-dynamic", "[3/3] nvfp4"]
+    assert "elapsed 0:" in lines[0] and ", ETA 0:" in lines[0] and "KL " in lines[1]
+    assert "ETA" not in lines[2]  # nothing left
+
+
+def test_clock_eta_is_the_mean_time_per_evaluation_times_those_left(monkeypatch):
+    from qeval.pipeline import progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    clock = progress.Clock(4)
+    assert clock.line() == "elapsed 0:00"  # no evaluation done: no estimate yet
+    now[0] += 30
+    clock.tick()
+    assert clock.line() == "elapsed 0:30, ETA 1:30"  # 30 s each, 3 left
+    now[0] += 3600
+    clock.tick()
+    assert clock.line() == "elapsed 1:00:30, ETA 1:00:30"  # 1815 s each, 2 left
