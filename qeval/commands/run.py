@@ -41,7 +41,7 @@ def add_arguments(parser) -> None:
     quick = parser.add_argument_group("quick mode (lm-eval style; writes the equivalent recipe to --output_path)")
     quick.add_argument("--model", help="hub ID or local folder, or `hf` with pretrained=... in --model_args")
     quick.add_argument("--model_args", "--model-args", default="", help="comma-separated key=value: pretrained, dtype, "
-                       "device, device_map, revision, trust_remote_code, gguf_file")
+                       "device, device_map, revision, trust_remote_code, gguf_file, max_length (the context)")
     quick.add_argument("--tasks", help="comma-separated lm-eval task names (offline: word_analogy, ...)")
     quick.add_argument("--output_path", "--output-path", help="results folder (also holds the written recipe)")
     quick.add_argument("--num_fewshot", "--num-fewshot", type=int, help="few-shot examples per task (lm-eval's)")
