@@ -3,7 +3,8 @@
 Mirrors ``qeval.formats.mx``: the exponent comes exactly from the float32 bits
 of the block amax (floor) or of ``amax / max_elem`` (rceil, a correctly rounded
 division); elements are ``x * 2^-e``, which equals the reference's division by
-the power of two (one rounding of the same real number).
+the power of two (one rounding of the same real number). A tile with no NaN/Inf
+skips the special-value patching of the codes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import cast_fp8_bits, e2m1_code, e2m1_round, fp8_bits_to_f32, half_to_f32, load_pairs, nan_like, pack_nibbles
+from ._common import (cast_fp8_bits, cast_fp8_finite, e2m1_code, e2m1_code_fast, e2m1_round, fp8_bits_to_f32, half_to_f32,
+                      load_pairs, nan_like, pack_nibbles)
 
 G = 32
 
@@ -63,11 +65,15 @@ def mx_kernel(
     scl = tl.where(nonfinite, nan_like(scl), scl)
 
     v = xb * inv[:, :, None]
+    finite = tl.max(mb, axis=None) < 0x7F800000
     if FP4:
         r = e2m1_round(v)
         deq = r
     else:
-        qb = cast_fp8_bits(v, tl.float8e4nv, 448.0, INF_POS, INF_NEG, NAN_CODE)
+        if finite:
+            qb = cast_fp8_finite(v, tl.float8e4nv)
+        else:
+            qb = cast_fp8_bits(v, tl.float8e4nv, 448.0, INF_POS, INF_NEG, NAN_CODE)
         deq = fp8_bits_to_f32(qb, tl.float8e4nv)
     if FAKE:
         out = tl.reshape(deq * scl[:, :, None], (BM, BK))
@@ -75,7 +81,10 @@ def mx_kernel(
                  mask=row_ok & (rk[None, :] < K))
     else:
         if FP4:
-            code = tl.reshape(e2m1_code(r), (BM, BK))
+            if finite:
+                code = tl.reshape(e2m1_code_fast(r), (BM, BK))
+            else:
+                code = tl.reshape(e2m1_code(r), (BM, BK))
             packed = pack_nibbles(code, BM, BK)
             rp = pid_k * (BK // 2) + tl.arange(0, BK // 2)
             tl.store(q_ptr + rm[:, None] * sqm + rp[None, :], packed, mask=row_ok & (rp[None, :] < KP // 2))
@@ -109,8 +118,12 @@ def mxfp4_quant_pairs_kernel(
     e = mx_exponent(mb, 2, 6.0, RCEIL)
     inv = tl.where(e == 127, 0x00400000, (127 - e) << 23).to(tl.float32, bitcast=True)
     inv = tl.where(nonfinite, nan_like(inv), inv)
-    ce = e2m1_code(e2m1_round(xe * inv[:, :, None]))
-    co = e2m1_code(e2m1_round(xo * inv[:, :, None]))
+    if tl.max(mb, axis=None) < 0x7F800000:
+        ce = e2m1_code_fast(e2m1_round(xe * inv[:, :, None]))
+        co = e2m1_code_fast(e2m1_round(xo * inv[:, :, None]))
+    else:
+        ce = e2m1_code(e2m1_round(xe * inv[:, :, None]))
+        co = e2m1_code(e2m1_round(xo * inv[:, :, None]))
     packed = tl.reshape(ce | (co << 4), (BM, BH)).to(tl.uint8)
     tl.store(q_ptr + rm[:, None] * sqm + rh[None, :], packed, mask=row_ok & (rh[None, :] < KP // 2))
     sbits = tl.where(nonfinite, 255, e + 127).to(tl.uint8)

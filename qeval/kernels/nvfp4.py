@@ -3,6 +3,8 @@
 Mirrors ``qeval.formats.nvfp4`` step for step: ``s_g = amax / 2688`` (1 if 0),
 ``s_b = e4m3(clamp(amax_b / (6 s_g), 2^-9, 448))`` (1 for an all-zero block,
 NaN for a block holding NaN/Inf), ``q = RNE_E2M1(x / (fp32(s_b) * s_g))``.
+A tile whose blocks are all finite with scales in range divides through one
+reciprocal per block (``_common.div_by``), with the same bits.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import e2m1_code, e2m1_round, e2m1_value, half_to_f32, load_pairs, nan_like, pack_nibbles
+from ._common import (div_by, e2m1_code, e2m1_code_fast, e2m1_round, e2m1_value, half_to_f32, load_pairs, nan_like,
+                      pack_nibbles, recip, safe_divisor)
 
 G = 16
 
@@ -45,14 +48,20 @@ def nvfp4_kernel(
     sbf = tl.where(nonfinite, nan_like(sb), sb8.to(tl.float32))
     eff = sbf * s_g
 
-    v = tl.math.div_rn(xb, eff[:, :, None])
-    r = e2m1_round(v)
+    fast = tl.min(safe_divisor(eff, bamax), axis=None) != 0
+    if fast:
+        r = e2m1_round(div_by(xb, eff[:, :, None], recip(eff)[:, :, None]))
+    else:
+        r = e2m1_round(tl.math.div_rn(xb, eff[:, :, None]))
     if FAKE:
         out = tl.reshape(r * eff[:, :, None], (BM, BK))
         tl.store(out_ptr + rm[:, None] * som + rk[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=row_ok & (rk[None, :] < K))
     else:
-        code = tl.reshape(e2m1_code(r), (BM, BK))
+        if fast:
+            code = tl.reshape(e2m1_code_fast(r), (BM, BK))
+        else:
+            code = tl.reshape(e2m1_code(r), (BM, BK))
         packed = pack_nibbles(code, BM, BK)
         rp = pid_k * (BK // 2) + tl.arange(0, BK // 2)
         tl.store(q_ptr + rm[:, None] * sqm + rp[None, :], packed, mask=row_ok & (rp[None, :] < KP // 2))
@@ -92,8 +101,14 @@ def nvfp4_quant_pairs_kernel(
     sb8 = sb.to(tl.float8e4nv, fp_downcast_rounding="rtne")
     eff = tl.where(nonfinite, nan_like(sb), sb8.to(tl.float32)) * s_g
 
-    ce = e2m1_code(e2m1_round(tl.math.div_rn(xe, eff[:, :, None])))
-    co = e2m1_code(e2m1_round(tl.math.div_rn(xo, eff[:, :, None])))
+    if tl.min(safe_divisor(eff, mb.to(tl.float32, bitcast=True)), axis=None) != 0:
+        d = eff[:, :, None]
+        y = recip(eff)[:, :, None]
+        ce = e2m1_code_fast(e2m1_round(div_by(xe, d, y)))
+        co = e2m1_code_fast(e2m1_round(div_by(xo, d, y)))
+    else:
+        ce = e2m1_code(e2m1_round(tl.math.div_rn(xe, eff[:, :, None])))
+        co = e2m1_code(e2m1_round(tl.math.div_rn(xo, eff[:, :, None])))
     packed = tl.reshape(ce | (co << 4), (BM, BH)).to(tl.uint8)
     tl.store(q_ptr + rm[:, None] * sqm + rh[None, :], packed, mask=row_ok & (rh[None, :] < KP // 2))
     sbits = tl.where(nonfinite, 0x7F, sb8.to(tl.uint8, bitcast=True).to(tl.int32)).to(tl.uint8)
