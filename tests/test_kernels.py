@@ -268,10 +268,13 @@ def test_launch_shapes_cover_every_kernel():
     for key in keys:
         fields = need.get(key, {"tile", "max_bk", "warps"})
         assert fields <= set(default[key]), (key, default[key])
-        for v in default[key].values():
-            assert v > 0 and v & (v - 1) == 0, (key, default[key])
+        for field, v in default[key].items():
+            assert v in ("m", "k") if field == "order" else v > 0 and v & (v - 1) == 0, (key, default[key])
     for name, own in tuning.table()["devices"].items():
         assert set(own) <= set(default), (name, set(own) - set(default))
+        for key, fields in own.items():
+            assert set(fields) <= set(default[key]) | {"order"}, (name, key, fields)
+            assert fields.get("order", "m") in ("m", "k"), (name, key, fields)
 
 
 @gpu

@@ -112,6 +112,16 @@ def pack_nibbles(code, BM: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
+def tile_ids(KFAST: tl.constexpr):
+    """(row-tile, column-tile) of this program. KFAST: grid axis 0 runs along the last dim,
+    so programs in flight together read neighbouring columns of the same rows."""
+    if KFAST:
+        return tl.program_id(1), tl.program_id(0)
+    else:
+        return tl.program_id(0), tl.program_id(1)
+
+
+@triton.jit
 def amax_kernel(x_ptr, out_ptr, N, BLOCK: tl.constexpr, ITERS: tl.constexpr):
     """Finite max |x| over a flat tensor, as float32 bits atomically maxed into out_ptr (int32, zeroed).
 

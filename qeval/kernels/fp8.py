@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from ._common import (abs_bits, cast_fp8_bits, cast_fp8_finite, div_by, finite_abs, fp8_bits_to_f32, recip,
-                      safe_divisor)
+                      safe_divisor, tile_ids)
 
 
 @triton.jit
@@ -116,13 +116,12 @@ def fp8_block_kernel(
     x_ptr, out_ptr, q_ptr, s_ptr, M, K, KP, sxm, som, sqm, ssm, ssb,
     FAKE: tl.constexpr, TILE2D: tl.constexpr, FP8: tl.constexpr, FMAX: tl.constexpr,
     INF_POS: tl.constexpr, INF_NEG: tl.constexpr, NAN_CODE: tl.constexpr,
-    BM: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr, KFAST: tl.constexpr,
 ):
     """128-blocks along K. TILE2D: one scale per 128x128 tile of a [L, M, K] stack
     (weights; program axis 0 runs over L * ceil(M / 128)); else one per 1x128 group."""
     NB: tl.constexpr = BK // 128
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_m, pid_k = tile_ids(KFAST)
     if TILE2D:
         mt = tl.cdiv(M, BM)
         mat = pid_m // mt

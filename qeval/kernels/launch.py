@@ -48,6 +48,14 @@ def _tile(kp: int, group: int, cfg: dict) -> tuple[int, int]:
     return max(1, cfg["tile"] // bk), bk  # bm independent of m: fewer compiled variants
 
 
+def _grid2(nm: int, nk: int, cfg: dict) -> tuple[tuple[int, int], bool]:
+    """Grid over (row tiles, column tiles) and KFAST: axis 0 along the columns when the
+    config says order "k" (and the rows fit grid axis 1's 65535)."""
+    if cfg.get("order") == "k" and nm <= 65535:
+        return (nk, nm), True
+    return (nm, nk), False
+
+
 def _as_2d(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).contiguous()
 
@@ -70,10 +78,10 @@ def _pairs_launch(kernel, x2, xp, q, s, kp, group, extra_args, flags):
     cfg = tuning.config("fp4_pairs", x2.device)
     bh = max(group // 2, min(_pow2(kp // 2), cfg["max_bk"] // 2))
     bm = max(1, cfg["tile"] // (2 * bh))
-    grid = (triton.cdiv(m, bm), triton.cdiv(kp // 2, bh))
+    grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp // 2, bh), cfg)
     pair = 32 if x2.dtype == torch.float32 else 16
     kernel[grid](xp, q, s, *extra_args, m, kh, kp, xp.stride(0), q.stride(0), s.stride(0),
-                 SRC=_SRC[x2.dtype], PAIR=pair, BM=bm, BH=bh, num_warps=cfg["warps"], **flags, **LAUNCH)
+                 SRC=_SRC[x2.dtype], PAIR=pair, BM=bm, BH=bh, KFAST=kfast, num_warps=cfg["warps"], **flags, **LAUNCH)
 
 
 def global_amax(x: torch.Tensor) -> torch.Tensor:
@@ -106,12 +114,12 @@ def run_nvfp4(fmt: NVFP4Format, x: torch.Tensor, amax, role: str, fake: bool):
     kp = triton.cdiv(k, 16) * 16
     cfg = tuning.config("nvfp4" if fake else "nvfp4_quant", x.device)
     bm, bk = _tile(kp, 16, cfg)
-    grid = (triton.cdiv(m, bm), triton.cdiv(kp, bk))
+    grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp, bk), cfg)
     a = _amax_arg(x2, amax)
     if fake:
         out = torch.empty_like(x2)
         nvfp4_kernel[grid](x2, out, out, out, a, a, m, k, kp, x2.stride(0), out.stride(0), 0, 0,
-                           FAKE=True, BM=bm, BK=bk, num_warps=cfg["warps"], **LAUNCH)
+                           FAKE=True, BM=bm, BK=bk, KFAST=kfast, num_warps=cfg["warps"], **LAUNCH)
         return out.reshape(x.shape)
     q = torch.empty(m, kp // 2, dtype=torch.uint8, device=x.device)
     s = torch.empty(m, kp // 16, dtype=torch.uint8, device=x.device)
@@ -121,7 +129,7 @@ def run_nvfp4(fmt: NVFP4Format, x: torch.Tensor, amax, role: str, fake: bool):
         _pairs_launch(nvfp4_quant_pairs_kernel, x2, xp, q, s, kp, 16, (a, gs), {})
     else:
         nvfp4_kernel[grid](x2, x2, q, s, a, gs, m, k, kp, x2.stride(0), 0, q.stride(0), s.stride(0),
-                           FAKE=False, BM=bm, BK=bk, num_warps=cfg["warps"], **LAUNCH)
+                           FAKE=False, BM=bm, BK=bk, KFAST=kfast, num_warps=cfg["warps"], **LAUNCH)
     lead = x.shape[:-1]
     return QTensor(q.reshape(*lead, kp // 2), s.view(torch.float8_e4m3fn).reshape(*lead, kp // 16),
                    gs.reshape(_scalar_shape(amax)), x.shape, fmt, padded=kp != k, role=role)
@@ -134,11 +142,11 @@ def run_mx(fmt: MXFormat, x: torch.Tensor, amax, role: str, fake: bool):
     kp = triton.cdiv(k, 32) * 32
     cfg = tuning.config("mx" if fake else "mx_quant", x.device)
     bm, bk = _tile(kp, 32, cfg)
-    grid = (triton.cdiv(m, bm), triton.cdiv(kp, bk))
+    grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp, bk), cfg)
     fp4 = fmt.element == "e2m1"
     inf_pos, inf_neg, nan_code = _special(torch.float8_e4m3fn)
     flags = dict(FP4=fp4, RCEIL=fmt.rounding == "rceil", INF_POS=inf_pos, INF_NEG=inf_neg, NAN_CODE=nan_code,
-                 BM=bm, BK=bk, num_warps=cfg["warps"], **LAUNCH)
+                 BM=bm, BK=bk, KFAST=kfast, num_warps=cfg["warps"], **LAUNCH)
     if fake:
         out = torch.empty_like(x2)
         mx_kernel[grid](x2, out, out, out, m, k, kp, x2.stride(0), out.stride(0), 0, 0, FAKE=True, **flags)
@@ -238,14 +246,15 @@ def _fp8_block(fmt, x, role, fake):
         mats = math.prod(x.shape[:-2])
         nb = triton.cdiv(rows, 128)
         bm, bk = 128, 128
-        grid = (mats * nb, kp // 128)
-        flags.update(num_warps=tuning.config("fp8_tile2d", x.device)["warps"])
+        cfg = tuning.config("fp8_tile2d", x.device)
+        grid, kfast = _grid2(mats * nb, kp // 128, cfg)
+        flags.update(num_warps=cfg["warps"], KFAST=kfast)
     else:
         rows = x2.shape[0]
         cfg = tuning.config("fp8_block", x.device)
         bm, bk = _tile(kp, 128, cfg)
-        grid = (triton.cdiv(rows, bm), triton.cdiv(kp, bk))
-        flags.update(num_warps=cfg["warps"])
+        grid, kfast = _grid2(triton.cdiv(rows, bm), triton.cdiv(kp, bk), cfg)
+        flags.update(num_warps=cfg["warps"], KFAST=kfast)
     if fake:
         out = torch.empty_like(x2)
         fp8_block_kernel[grid](x2, out, out, out, rows, k, kp, x2.stride(0), out.stride(0), 0, 0, 0,
@@ -284,9 +293,9 @@ def dequantize(q: QTensor, dtype: torch.dtype):
     out = torch.empty(m, k, dtype=dtype, device=codes.device)
     cfg = tuning.config("fp4_dequant", codes.device)
     bm, bk = _tile(kp, group, cfg)
-    grid = (triton.cdiv(m, bm), triton.cdiv(kp, bk))
+    grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp, bk), cfg)
     fp4_dequant_kernel[grid](codes, scales, gs, out, m, k, kp, codes.stride(0), scales.stride(0), out.stride(0),
-                             MX=mx, BM=bm, BK=bk, num_warps=cfg["warps"], **LAUNCH)
+                             MX=mx, BM=bm, BK=bk, KFAST=kfast, num_warps=cfg["warps"], **LAUNCH)
     return out.reshape(q.shape)
 
 

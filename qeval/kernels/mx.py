@@ -12,8 +12,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (cast_fp8_bits, cast_fp8_finite, e2m1_code, e2m1_code_fast, e2m1_round, fp8_bits_to_f32, half_to_f32,
-                      load_pairs, nan_like, pack_nibbles)
+from ._common import (cast_fp8_bits, cast_fp8_finite, e2m1_code, e2m1_code_fast, e2m1_round, fp8_bits_to_f32,
+                      half_to_f32, load_pairs, nan_like, pack_nibbles, tile_ids)
 
 G = 32
 
@@ -41,11 +41,10 @@ def mx_kernel(
     M, K, KP, sxm, som, sqm, ssm,
     FAKE: tl.constexpr, FP4: tl.constexpr, RCEIL: tl.constexpr,
     INF_POS: tl.constexpr, INF_NEG: tl.constexpr, NAN_CODE: tl.constexpr,
-    BM: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr, KFAST: tl.constexpr,
 ):
     NB: tl.constexpr = BK // 32
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_m, pid_k = tile_ids(KFAST)
     rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
     rk = pid_k * BK + tl.arange(0, BK)
     row_ok = rm[:, None] < M
@@ -100,12 +99,12 @@ def mx_kernel(
 def mxfp4_quant_pairs_kernel(
     xp_ptr, q_ptr, s_ptr, M, KH, KP, sxm, sqm, ssm,
     RCEIL: tl.constexpr, SRC: tl.constexpr, PAIR: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
+    KFAST: tl.constexpr,
 ):
     """Packed MXFP4 quantize of an even-K tensor read as element pairs (see
     ``nvfp4_quant_pairs_kernel``); the same numbers as ``mx_kernel``."""
     NB: tl.constexpr = BH // 16
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_m, pid_k = tile_ids(KFAST)
     rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
     rh = pid_k * BH + tl.arange(0, BH)
     row_ok = rm[:, None] < M

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ._common import (div_by, e2m1_code, e2m1_code_fast, e2m1_round, e2m1_value, half_to_f32, load_pairs, nan_like,
-                      pack_nibbles, recip, safe_divisor)
+                      pack_nibbles, recip, safe_divisor, tile_ids)
 
 G = 16
 
@@ -22,11 +22,10 @@ G = 16
 def nvfp4_kernel(
     x_ptr, out_ptr, q_ptr, s_ptr, amax_ptr, gs_ptr,
     M, K, KP, sxm, som, sqm, ssm,
-    FAKE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+    FAKE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, KFAST: tl.constexpr,
 ):
     NB: tl.constexpr = BK // 16
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_m, pid_k = tile_ids(KFAST)
     rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
     rk = pid_k * BK + tl.arange(0, BK)
     row_ok = rm[:, None] < M
@@ -74,14 +73,13 @@ def nvfp4_kernel(
 @triton.jit
 def nvfp4_quant_pairs_kernel(
     xp_ptr, q_ptr, s_ptr, amax_ptr, gs_ptr, M, KH, KP, sxm, sqm, ssm,
-    SRC: tl.constexpr, PAIR: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
+    SRC: tl.constexpr, PAIR: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr, KFAST: tl.constexpr,
 ):
     """Packed NVFP4 quantize of an even-K tensor read as element pairs (one integer per
     output byte): the same numbers as ``nvfp4_kernel``, without shuffling nibbles
     across threads. ``xp_ptr`` is x viewed as int32 (16-bit x) or int64 (float32 x)."""
     NB: tl.constexpr = BH // 8
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_m, pid_k = tile_ids(KFAST)
     rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
     rh = pid_k * BH + tl.arange(0, BH)
     row_ok = rm[:, None] < M
@@ -120,14 +118,13 @@ def nvfp4_quant_pairs_kernel(
 @triton.jit
 def fp4_dequant_kernel(
     q_ptr, s_ptr, gs_ptr, out_ptr, M, K, KP, sqm, ssm, som,
-    MX: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+    MX: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, KFAST: tl.constexpr,
 ):
     """Packed E2M1 codes + block scales -> values in out's dtype (NVFP4: E4M3 scales times
     the global scale; MX: E8M0 scales), as the reference's ``dequantize``."""
     G: tl.constexpr = 32 if MX else 16
     NB: tl.constexpr = BK // G
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_m, pid_k = tile_ids(KFAST)
     rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
     row_ok = rm[:, None] < M
     rp = pid_k * (BK // 2) + tl.arange(0, BK // 2)
