@@ -76,3 +76,19 @@ def test_compare_bad_input_exit_2(tmp_path, capsys, problem):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("qeval compare: error:") and len(err.splitlines()) == 1
+
+
+def test_compare_says_what_changed_vs_the_first_run_and_when_gates_differ(tmp_path, capsys):
+    a = _run(tmp_path, "ra", {"fp8": 0.04, "nvfp4": 0.5})
+    b = _run(tmp_path, "rb", {"fp8": 0.04, "nvfp4": 0.45})
+    data = json.loads(b.read_text())
+    data["gate"] = {"config": {"max_kl_mean": 0.5}, "passed": True}
+    b.write_text(json.dumps(data))
+    assert main(["compare", str(a), str(b), "--metrics", "kl_mean", "kv_cache"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    i = out.index("vs quick/ra:")
+    notes = out[i + 1:]
+    assert notes[0] == ("note: quick/rb used another gate than quick/ra (max_kl_mean 0.5 vs no gate): "
+                        "their PASS/FAIL are not comparable")
+    assert notes[1] == "quick/rb nvfp4: KL mean 0.5 -> 0.45 (-0.05)"
+    assert not any("fp8:" in line for line in notes)  # unchanged policies are not listed

@@ -325,6 +325,85 @@ def test_run_lm_eval_scores_like_an_independent_loglikelihood(tmp_path):
     assert run_lm_eval(model, tok, [built], limit=limit, batch_size=2, seed=0) == result
 
 
+def _tiny_lm():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(WORDS) + 3, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      pad_token_id=1, eos_token_id=2, bos_token_id=2)
+    return LlamaForCausalLM(cfg).eval(), word_tokenizer()
+
+
+def test_task_options_reach_lm_eval_unchanged_and_its_block_is_kept(monkeypatch):
+    """A recipe task's lm-eval options arrive in simple_evaluate as given; lm-eval's own
+    result block (its "acc,none" layout, config, version, n-shot) and samples come back."""
+    import lm_eval
+
+    import qeval.tasks.harness as harness
+    from qeval.evaluate.tasks import evaluate_tasks
+    from qeval.pipeline.recipe import TaskSpec
+
+    model, tok = _tiny_lm()
+    docs = [dict(d, query=d["query"].lower(), choices=[c.lower() for c in d["choices"]])
+            for d in analogy_docs(ANALOGY, seed=0)]
+    built = write_task("tiny_opts", docs, seed=0)
+    monkeypatch.setitem(harness.BUILDERS, "tiny_opts", lambda seed: built)
+    seen = {}
+    real = lm_eval.simple_evaluate
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", spy)
+    spec = TaskSpec(name="tiny_opts", limit=3, batch_size=3, num_fewshot=1, log_samples=True,
+                    system_instruction="answer .", lm_eval_args={"bootstrap_iters": 0})
+    res = evaluate_tasks(model, tok, [spec], seed=0)["tiny_opts"]
+    assert seen["num_fewshot"] == 1 and seen["log_samples"] is True and seen["bootstrap_iters"] == 0
+    assert seen["system_instruction"] == "answer ." and seen["limit"] == 3
+    block = res["lm_eval"]
+    assert block["results"]["acc,none"] == res["acc"]
+    assert block["results"]["acc_stderr,none"] == "N/A" and res["stderr"] is None  # bootstrap_iters=0 took effect
+    assert block["n-shot"] == 1 and block["config"]["num_fewshot"] == 1 and block["version"] is not None
+    assert block["n-samples"]["effective"] == 3 and res["metric"] == "acc" and res["scores"]["acc_norm"] == res["acc_norm"]
+    assert len(res["samples"]) == 3
+    context = res["samples"][0]["arguments"][0][0]
+    assert context.startswith("answer .") and context.count("\n\n") == 1  # the instruction, one shot, the query
+    json.dumps(res)  # results.json can hold it
+
+
+def test_lm_eval_progress_bars_show_unless_quiet(capfd):
+    model, tok = _tiny_lm()
+    docs = [dict(d, query=d["query"].lower(), choices=[c.lower() for c in d["choices"]])
+            for d in analogy_docs(ANALOGY, seed=0)]
+    built = write_task("tiny_bars", docs, seed=0)
+    loud = run_lm_eval(model, tok, [built], limit=2, batch_size=2, quiet=False)
+    assert "Running loglikelihood requests" in capfd.readouterr().err
+    assert run_lm_eval(model, tok, [built], limit=2, batch_size=2) == loud  # quiet: same numbers, nothing shown
+    assert "Running loglikelihood requests" not in capfd.readouterr().err
+
+
+def test_a_generative_task_keeps_its_own_metrics(tmp_path):
+    """Metrics beyond acc (exact_match of a generate_until task) are carried through."""
+    import yaml
+
+    from qeval.tasks.builders import BuiltTask
+
+    model, tok = _tiny_lm()
+    rows = [{"question": f"{a} is to {b} as {c} is to", "answer": d} for a, b, c, d in
+            (ln.lower().split() for ln in ANALOGY if ln.strip() and not ln.startswith(":"))][:4]
+    data = tmp_path / "gen.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = {"task": "qeval_tiny_gen", "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+              "test_split": "test", "output_type": "generate_until", "doc_to_text": "{{question}}",
+              "doc_to_target": "{{answer}}", "generation_kwargs": {"until": ["."], "max_gen_toks": 3, "do_sample": False},
+              "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]}
+    (tmp_path / "gen.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    res = run_lm_eval(model, tok, [BuiltTask("tiny_gen", "qeval_tiny_gen", tmp_path, len(rows))], batch_size=2)["tiny_gen"]
+    assert res["metric"] == "exact_match" and res["scores"]["exact_match"] == res["acc"]
+    assert 0.0 <= res["acc"] <= 1.0 and res["n"] == 4
+    assert "exact_match,none" in res["lm_eval"]["results"] and res["lm_eval"]["config"]["output_type"] == "generate_until"
+
+
 def test_task_names_route_to_our_builders_or_lm_evals_index(monkeypatch):
     import qeval.tasks.harness as harness
 

@@ -194,9 +194,14 @@ def test_readme_formats_example_runs():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("path", ["cublas", "triton", "torch"])
 @pytest.mark.parametrize("wspec, aspec", CASES, ids=lambda s: str(s))
-def test_exact_emulation_on_cuda_equals_fp64_hardware_reference(wspec, aspec):
-    """The same check on the GPU: fused Triton quantize/dequantize, BF16 tensor-core GEMM with FP32 output."""
+def test_exact_emulation_on_cuda_equals_fp64_hardware_reference(wspec, aspec, path, monkeypatch):
+    """The same check on the GPU: fused Triton quantize/dequantize, BF16 tensor-core GEMM with FP32 accumulation,
+    the scales applied by each of the CUDA epilogue paths (``gemm.CUDA_GEMM``)."""
+    from qeval.quantize import gemm
+
+    monkeypatch.setattr(gemm, "CUDA_GEMM", path)
     seed = 101 + CASES.index((wspec, aspec))
     w, x, b = layer_case(seed, torch.bfloat16)
     y, acc = hardware_reference(wspec, aspec, w, x, b)
@@ -204,7 +209,37 @@ def test_exact_emulation_on_cuda_equals_fp64_hardware_reference(wspec, aspec):
     got = run_layer(w.cuda(), b.cuda(), x.cuda(), wspec, aspec, "exact").cpu()
     old = run_layer(w.cuda(), b.cuda(), x.cuda(), wspec, aspec, "fake_quant").cpu()
     err, err_old = (got.to(F64) - y).abs(), (old.to(F64) - y).abs()
-    print(f"\ncuda {wspec} x {aspec}: max err/bound exact {float((err / bound).max()):.3f}, "
+    print(f"\ncuda ({path}) {wspec} x {aspec}: max err/bound exact {float((err / bound).max()):.3f}, "
           f"fake_quant {float((err_old / bound).max()):.3f}; correctly rounded {float((got == y.to(got.dtype)).double().mean()):.1%}"
           f" vs {float((old == y.to(old.dtype)).double().mean()):.1%}")
     assert bool((err <= bound).all())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fused_epilogue_and_scaled_gemm_give_the_bits_of_the_torch_epilogue():
+    """The fused epilogue kernel: the torch epilogue's bits on any accumulator (NaN, Inf, -0, subnormal, huge);
+    the Triton GEMM: the same bits wherever its FP32 accumulator is exact (small integer products: every
+    partial sum is exact in FP32, whatever the order), at shapes that are not multiples of its tiles."""
+    from qeval import kernels
+    from qeval.quantize.gemm import epilogue_torch
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    m, n, k = 37, 300, 200
+    acc = torch.randn(m, n, device="cuda", generator=g) * 100
+    acc[0, :5] = torch.tensor([float("nan"), float("inf"), -0.0, 1e-40, 3e38])
+    a = torch.randint(-8, 9, (m, k), device="cuda", generator=g).bfloat16()
+    b = torch.randint(-8, 9, (n, k), device="cuda", generator=g).bfloat16()
+    exact = a.double() @ b.double().T
+    one, rows, cols = (torch.rand(s, device="cuda", generator=g) + 0.1 for s in ((), (m, 1), (n, 1)))
+    bias = torch.randn(n, device="cuda", generator=g)
+    for sx, sw, bb in [(None, None, None), (one, one * 7e-3, bias), (rows, cols, None), (one, cols, bias.bfloat16()),
+                       (rows, None, bias), (None, one, None)]:
+        for dt in DTYPES:
+            got, ref = kernels.epilogue(acc, sx, sw, bb, dt), epilogue_torch(acc, sx, sw, bb, dt)
+            nan = ref.isnan()
+            assert got.dtype == dt and torch.equal(got.isnan(), nan)  # NaN payloads may differ
+            assert torch.equal(got[~nan].view(torch.uint8), ref[~nan].view(torch.uint8))
+            got = kernels.scaled_gemm(a, b, sx, sw, bb, dt)
+            ref = epilogue_torch(exact.float(), sx, sw, bb, dt)
+            assert got.dtype == dt and torch.equal(got.view(torch.uint8), ref.view(torch.uint8))

@@ -249,3 +249,87 @@ def test_reference_path_on_cuda_equals_cpu(spec):
         cpu = fmt._quantize(x, None, "activation").dequantize()
         cuda = fmt._quantize(x.cuda(), None, "activation").dequantize().cpu()
         assert_same_bits(cuda, cpu, f"{spec} at scale {scale}")
+
+
+def test_launch_shapes_cover_every_kernel():
+    """configs/kernels.yaml: every key the launcher asks for has a default with its fields, powers of two."""
+    import re
+    from pathlib import Path
+
+    from qeval.kernels import tuning
+
+    src = Path(kernels.__file__).with_name("launch.py").read_text()
+    keys = set(re.findall(r'tuning\.config\(\s*"(\w+)"', src))
+    keys |= {k for pair in re.findall(r'tuning\.config\(\s*"(\w+)" if fake else "(\w+)"', src) for k in pair}
+    default = tuning.table()["default"]
+    assert keys and keys <= set(default), keys - set(default)
+    need = {"fp8_row": {"tile", "warps", "max_single", "max_warps", "per_thread"}, "amax": {"block", "iters", "warps"},
+            "fp8_tile2d": {"warps"}, "fp8_tensor": {"tile", "warps"}}
+    for key in keys:
+        fields = need.get(key, {"tile", "max_bk", "warps"})
+        assert fields <= set(default[key]), (key, default[key])
+        for field, v in default[key].items():
+            assert v in ("m", "k") if field == "order" else v > 0 and v & (v - 1) == 0, (key, default[key])
+    for name, own in tuning.table()["devices"].items():
+        assert set(own) <= set(default), (name, set(own) - set(default))
+        for key, fields in own.items():
+            assert set(fields) <= set(default[key]) | {"order"}, (name, key, fields)
+            assert fields.get("order", "m") in ("m", "k"), (name, key, fields)
+
+
+@gpu
+@needs_kernels
+def test_reciprocal_division_is_correctly_rounded():
+    """_common.div_by (one reciprocal per scale, Markstein's correction) equals the
+    correctly rounded division bit for bit over its stated range, ties and -0.0 included."""
+    import triton
+    import triton.language as tl
+
+    from qeval.kernels._common import LAUNCH, div_by, recip
+
+    @triton.jit
+    def both(a_ptr, b_ptr, fast_ptr, exact_ptr, N, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < N
+        a = tl.load(a_ptr + offs, mask=m, other=1.0)
+        b = tl.load(b_ptr + offs, mask=m, other=1.0)
+        tl.store(fast_ptr + offs, div_by(a, b, recip(b)), mask=m)
+        tl.store(exact_ptr + offs, tl.math.div_rn(a, b), mask=m)
+
+    gen = torch.Generator(device="cuda").manual_seed(23)
+    n = 1 << 24
+    for rep in range(4):
+        b = torch.ldexp(1 + torch.rand(n, device="cuda", generator=gen),
+                        torch.randint(-60, 60, (n,), device="cuda", generator=gen).float())
+        if rep == 1:  # scales with few significant bits (E4M3 block scale x global scale, amax / 448)
+            b = torch.ldexp(torch.randint(8, 16, (n,), device="cuda", generator=gen).float(),
+                            torch.randint(-60, 56, (n,), device="cuda", generator=gen).float())
+        q = torch.randn(n, device="cuda", generator=gen) * torch.exp2(torch.randint(-40, 30, (n,), device="cuda", generator=gen).float())
+        if rep >= 2:  # exact ties of the E2M1 / E4M3 grids, and their float neighbours
+            grid = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 1.0625, 464.0, 0.0029296875, 0.0], device="cuda")
+            q = grid[torch.randint(0, len(grid), (n,), device="cuda", generator=gen)]
+            q = q * torch.where(torch.rand(n, device="cuda", generator=gen) < 0.5, -1.0, 1.0)
+        a = (q * b).float()
+        if rep == 3:
+            a = torch.nextafter(a, torch.where(torch.rand(n, device="cuda", generator=gen) < 0.5, 1e30, -1e30))
+        fast, exact = torch.empty_like(a), torch.empty_like(a)
+        both[(triton.cdiv(n, 1024),)](a, b, fast, exact, n, BLOCK=1024, **LAUNCH)
+        assert_same_bits(fast.cpu(), exact.cpu(), f"div_by, draw {rep}")
+
+
+@gpu
+@needs_kernels
+@pytest.mark.parametrize("max_single", [16384, 32768])
+def test_long_rows(max_single):
+    """FP8 per-row scales of rows longer than one default tile: one read per row or two sweeps."""
+    from qeval.kernels import tuning
+
+    gen = torch.Generator().manual_seed(29)
+    tuning.OVERRIDE["fp8_row"] = {"max_single": max_single, "max_warps": 32, "per_thread": 32}
+    try:
+        for kind in ("normal", "ties", "zeros", "wide"):
+            x = sample(kind, (5, 20000), torch.bfloat16, gen)
+            check("fp8_e4m3:token", x, role="activation")
+            check("fp8_e4m3:channel", x, role="weight")
+    finally:
+        tuning.OVERRIDE.pop("fp8_row", None)

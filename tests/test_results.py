@@ -272,3 +272,10 @@ def test_environment_matches_independent_sources():
     commit = env["git_commit"]
     assert commit is None or re.fullmatch(r"[0-9a-f]{40}", commit)
     json.dumps(env)  # all plain JSON
+
+
+def test_resume_of_a_run_id_that_does_not_exist_is_refused(tmp_path):
+    _create(tmp_path, run_id="20261125-183000")
+    with pytest.raises(ResultsError, match=r"cannot resume: no run .*tiny/nonexistent \(runs of tiny: 20261125-183000\)"):
+        _create(tmp_path, run_id="nonexistent", resume=True)
+    assert not (tmp_path / "tiny" / "nonexistent").exists()

@@ -395,3 +395,122 @@ def test_python_run_is_qeval_run(workspace, tmp_path):
     res = qeval.run(write_recipe(workspace), results_dir=tmp_path, run_id="api", limit_tokens=64, progress=False)
     assert res["run_id"] == "api" and (tmp_path / "tiny" / "api" / "results.json").is_file()
     assert [p["name"] for p in res["policies"]] == ["fp8-dynamic", "nvfp4"]
+
+
+def test_quick_mode_writes_the_recipe_it_runs(workspace, tmp_path, capsys):
+    """lm-eval style flags, no recipe file: the recipe written to --output_path is what ran."""
+    from qeval.pipeline.recipe import load_recipe
+
+    out = tmp_path / "quick"
+    (tmp_path / "calib.txt").write_text(_text(3, 2400), encoding="utf-8")  # 4 x 512 tokens: the recipe default
+    argv = ["run", "--model", str(workspace / "model"), "--model_args", "dtype=float32,device=cpu",
+            "--policies", "fp8-dynamic,nvfp4", "--eval_data", str(workspace / "eval.txt"),
+            "--calibration", str(tmp_path / "calib.txt"), "--max_tokens", "300",
+            "--output_path", str(out), "--run-id", "q", "--no-progress"]
+    assert cli_main(argv) == 0
+    written = out / "quick-model.yaml"
+    recipe, _ = load_recipe(written)
+    assert recipe.model.id == str(workspace / "model") and recipe.policy_names() == ["fp8-dynamic", "nvfp4"]
+    assert recipe.eval_data.path == str(workspace / "eval.txt") and recipe.eval_data.max_tokens == 300
+    quick = json.loads((out / "quick-model" / "q" / "results.json").read_text())
+    again = json.loads(run_recipe(written, _opts(tmp_path / "again", run_id="again")).read_text())
+    assert numbers(quick) == numbers(again) and quick["policies"][0]["metrics"]["kl_mean"] > 0
+    err = capsys.readouterr().err
+    assert "[3/3]" not in err and "Loading weights" not in err  # --no-progress: silent, model loading too
+
+
+def test_quick_mode_task_options_and_bad_flags(tmp_path, capsys):
+    from qeval.cli import build_parser
+    from qeval.pipeline.quick import quick_recipe
+
+    args = build_parser().parse_args(
+        ["run", "--model", "hf", "--model_args", "pretrained=org/m,dtype=bfloat16,trust_remote_code=false",
+         "--policies", "fp8", "--tasks", "word_analogy,winowhy", "--num_fewshot", "5", "--apply_chat_template",
+         "--log_samples", "--limit", "50", "--output_path", str(tmp_path)])
+    recipe = quick_recipe(args, ["fp8"])
+    assert recipe["model"] == {"id": "org/m", "dtype": "bfloat16", "trust_remote_code": False}
+    assert recipe["tasks"][1] == {"name": "winowhy", "batch_size": 8, "limit": 50, "num_fewshot": 5,
+                                  "apply_chat_template": True, "log_samples": True}
+    assert "eval_data" not in recipe  # tasks only, as lm-eval would run
+    for argv, message in (
+        (["--model", "m", "--model_args", "pretrained=x,bogus=1", "--policies", "fp8", "--output_path", "o"],
+         "--model_args: unknown key 'bogus'"),
+        (["--model", "m", "--policies", "fp8"], "quick mode needs --output_path"),
+        (["--model", "m", "--output_path", "o"], "quick mode needs --policies"),
+        (["recipe.yaml", "--tasks", "word_analogy"], "--tasks belongs to quick mode"),
+    ):
+        assert cli_main(["run", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_of_a_run_that_does_not_exist_exits_2(workspace, tmp_path, capsys):
+    recipe = write_recipe(workspace)
+    argv = ["run", str(recipe), "--resume", "--run-id", "nonexistent", "--results-dir", str(tmp_path), "--no-progress"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot resume: no run" in err[0] and "nonexistent" in err[0]
+    assert not (tmp_path / "tiny" / "nonexistent").exists()
+
+
+def test_quick_mode_fits_windows_to_the_model_context(tmp_path):
+    """lm-eval reads max_length from --model_args or the model's config; quick mode shortens its windows to it."""
+    from qeval.cli import build_parser
+    from qeval.pipeline.quick import QuickError, quick_recipe
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"max_position_embeddings": 200}), encoding="utf-8")
+
+    def recipe(*extra):
+        args = build_parser().parse_args(["run", "--policies", "fp8", "--output_path", str(tmp_path), *extra])
+        return quick_recipe(args, ["fp8"])
+
+    local = recipe("--model", str(folder))
+    assert local["metrics"] == {"perplexity": {"window": 200}} and local["calibration"]["seq_len"] == 200
+    given = recipe("--model", str(folder), "--model_args", "max_length=100")  # the user's word wins
+    assert given["metrics"]["perplexity"]["window"] == 100 and given["calibration"]["seq_len"] == 100
+    long = recipe("--model", str(folder), "--model_args", "max_length=4096")  # longer than the defaults: kept
+    assert "metrics" not in long and "seq_len" not in long["calibration"]
+    assert "metrics" not in recipe("--model", "org/not-local")  # unknown context: the recipe's defaults
+    with pytest.raises(QuickError, match="max_length=x1 is not a whole number"):
+        recipe("--model", str(folder), "--model_args", "max_length=x1")
+
+
+def test_an_unknown_lm_eval_argument_is_refused_before_any_work(workspace, tmp_path, capsys):
+    tasks = [{"name": "word_analogy", "limit": 2, "lm_eval_args": {"bootstrap_iter": 0}}]
+    recipe = write_recipe(workspace, "badargs.yaml", tasks=tasks)
+    argv = ["run", str(recipe), "--dry-run", "--results-dir", str(tmp_path), "--no-progress"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "field 'tasks[0].lm_eval_args.bootstrap_iter'" in err[0]
+    assert "did you mean 'bootstrap_iters'?" in err[0] and not (tmp_path / "badargs").exists()
+
+
+def test_progress_shows_loading_step_lines_and_an_eta(workspace, tmp_path, capfd):
+    """Long runs are not quiet: transformers' loading bar, then one line per evaluation with elapsed time and an
+    ETA over what is left (the --no-progress run of the quick-mode test shows none of it)."""
+    argv = ["run", str(write_recipe(workspace)), "--results-dir", str(tmp_path), "--run-id", "p", "--limit-tokens", "64"]
+    assert cli_main(argv) == 0
+    err = capfd.readouterr().err
+    assert "Loading weights" in err
+    lines = [line for line in err.splitlines() if line.startswith("[")]
+    assert [line.split(":")[0] for line in lines] == ["[1/3] baseline", "[2/3] fp8-dynamic", "[3/3] nvfp4"]
+    assert "elapsed 0:" in lines[0] and ", ETA 0:" in lines[0] and "KL " in lines[1]
+    assert "ETA" not in lines[2]  # nothing left
+
+
+def test_clock_eta_is_the_mean_time_per_evaluation_times_those_left(monkeypatch):
+    from qeval.pipeline import progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    clock = progress.Clock(4)
+    assert clock.line() == "elapsed 0:00"  # no evaluation done: no estimate yet
+    now[0] += 30
+    clock.tick()
+    assert clock.line() == "elapsed 0:30, ETA 1:30"  # 30 s each, 3 left
+    now[0] += 3600
+    clock.tick()
+    assert clock.line() == "elapsed 1:00:30, ETA 1:00:30"  # 1815 s each, 2 left

@@ -2,12 +2,14 @@
 
 Each RESULTS is a results.json or a run directory. Rows are labelled by run
 (<recipe>/<run-id>) when there is more than one; every run's baseline is shown
-first. Columns default to every metric that has a value; pick them with
---metrics (keys: weight_bytes, savings_vs_bf16, perplexity,
-perplexity_increase_pct, kl_mean, kl_p99, top1_agreement,
-embedding_cosine_mean, embedding_cosine_min, similarity_spearman, quantize_s,
-eval_s, gate, tasks, task:<name>). Perplexity, KL and top-1 show ± half
-their confidence interval.
+first. With several runs, the lines after the table say what changed against
+the first run, per policy, and whether the runs used different gates (and a
+warning says when they were measured on different models, texts or tokens).
+Columns default to every metric that has a value; pick them with --metrics
+(keys: weight_bytes, savings_vs_bf16, perplexity, perplexity_increase_pct,
+kl_mean, kl_p99, top1_agreement, embedding_cosine_mean, embedding_cosine_min,
+similarity_spearman, kv_cache, quantize_s, eval_s, gate, tasks, task:<name>).
+Perplexity, KL and top-1 show ± half their confidence interval.
 
 Then every pair of policies scored on the same tokens (the same text and
 windows, also across runs) gets its paired difference a - b per metric, with
@@ -38,8 +40,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from qeval.results.intervals import paired_table
-    from qeval.results.report import markdown_table, rich_table, select_columns, table_rows
     from qeval.results.schema import run_label
+    from qeval.results.table import changes_vs_first, markdown_table, rich_table, select_columns, table_rows
     from qeval.results.store import ResultsError, load_results
 
     if not 0 < args.confidence < 1:
@@ -70,4 +72,8 @@ def run(args) -> int:
         print_wide(rich_table(headers, rows, title="qeval compare"))
         if pairs:
             print_wide(rich_table(pair_headers, pairs, title="paired differences (a - b on the same tokens)"))
+    # what changed against the first run (timings differ on every run: they would bury what matters)
+    changes = changes_vs_first(runs, [c for c in columns if c.key not in ("quantize_s", "eval_s")])
+    if changes:
+        print("\n".join(changes if not args.markdown else [""] + [f"- {c}" for c in changes]))
     return 0

@@ -10,5 +10,6 @@
 - ``embeddings``: cosine to the baseline's embeddings and similarity ranking.
 
 This package knows metrics, not formats: it takes a model that ``qeval.quantize``
-has already prepared.
+has already prepared. ``qeval.evaluate(model, policies, ...)`` (this name, called)
+is the Python API of a whole evaluation: ``qeval.pipeline.api.evaluate``.
 """

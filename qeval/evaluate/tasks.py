@@ -9,13 +9,22 @@ from __future__ import annotations
 import math
 
 
-def evaluate_tasks(model, tokenizer, specs, seed: int) -> dict[str, dict]:
-    """``{task: {"acc", "stderr", "acc_norm", "n"}}`` for every task spec (name, limit, batch_size)."""
+def evaluate_tasks(model, tokenizer, specs, seed: int, progress: bool = False) -> dict[str, dict]:
+    """``{task: summary}`` for every task spec (``qeval.tasks.run_lm_eval``'s summaries: the
+    primary metric as ``acc``/``stderr``, every score, ``n``, and lm-eval's own block).
+
+    A spec's lm-eval options (few-shot, chat template, sample logging, ...) reach
+    ``lm_eval.simple_evaluate`` unchanged; with ``progress`` lm-eval's bars are shown.
+    """
     from qeval.tasks import run_lm_eval
 
     out: dict[str, dict] = {}
     for spec in specs:
-        res = run_lm_eval(model, tokenizer, [spec.name], limit=spec.limit, batch_size=spec.batch_size, seed=seed)
+        options = spec.lm_eval_options() if hasattr(spec, "lm_eval_options") else {}
+        if progress:
+            options["quiet"] = False
+        res = run_lm_eval(model, tokenizer, [spec.name], limit=spec.limit, batch_size=spec.batch_size, seed=seed,
+                          **options)
         if spec.name not in res:
             raise RuntimeError(f"lm-eval returned no result for task {spec.name!r} (got {sorted(res)})")
         out[spec.name] = dict(res[spec.name])

@@ -19,6 +19,7 @@ asked to raise).
 
 Native FP8 GEMMs (Hopper and newer): :func:`fp8_linear`,
 :func:`quantize_fp8_rowwise`, :func:`prepare_fp8_weight` (see ``linear.py``).
+The exact emulation's scaled GEMM: :func:`scaled_gemm`, :func:`epilogue` (``scaled.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import os
 import torch
 
 __all__ = [
-    "available", "supports", "quantize", "fake_quant", "dequantize", "global_amax",
+    "available", "supports", "quantize", "fake_quant", "dequantize", "global_amax", "epilogue", "scaled_gemm",
     "fp8_linear", "quantize_fp8_rowwise", "prepare_fp8_weight",
 ]
 
@@ -103,6 +104,32 @@ def dequantize(q, dtype: torch.dtype = torch.float32):
 
     with torch.cuda.device(q.data.device):
         return launch.dequantize(q, dtype)
+
+
+def _gemm_ok(out_dtype, *ts) -> bool:
+    return available() and out_dtype in _DTYPES and all(t.is_cuda and t.dim() == 2 and 0 < t.numel() < 2**31 for t in ts)
+
+
+def epilogue(acc: torch.Tensor, sx, sw, bias, out_dtype: torch.dtype):
+    """``(acc * sx * sw + bias).to(out_dtype)`` in one pass over a float32 CUDA accumulator, or None.
+
+    ``sx``: None, one value or ``[M, 1]``; ``sw``: None, one value or N values (``scaled.py``).
+    """
+    if not (_gemm_ok(out_dtype, acc) and acc.dtype == torch.float32 and acc.stride(1) == 1):
+        return None
+    from .scaled import epilogue as run
+
+    return run(acc, sx, sw, bias, out_dtype)
+
+
+def scaled_gemm(a: torch.Tensor, b: torch.Tensor, sx, sw, bias, out_dtype: torch.dtype):
+    """``epilogue(a @ b.T accumulated in FP32, ...)`` as one Triton GEMM, or None; ``a``, ``b``: one half dtype."""
+    if not (_gemm_ok(out_dtype, a, b) and a.dtype == b.dtype and a.dtype in (torch.bfloat16, torch.float16)
+            and a.shape[1] == b.shape[1]):
+        return None
+    from .scaled import gemm as run
+
+    return run(a, b, sx, sw, bias, out_dtype)
 
 
 def global_amax(x: torch.Tensor) -> torch.Tensor:

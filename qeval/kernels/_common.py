@@ -112,6 +112,16 @@ def pack_nibbles(code, BM: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
+def tile_ids(KFAST: tl.constexpr):
+    """(row-tile, column-tile) of this program. KFAST: grid axis 0 runs along the last dim,
+    so programs in flight together read neighbouring columns of the same rows."""
+    if KFAST:
+        return tl.program_id(1), tl.program_id(0)
+    else:
+        return tl.program_id(0), tl.program_id(1)
+
+
+@triton.jit
 def amax_kernel(x_ptr, out_ptr, N, BLOCK: tl.constexpr, ITERS: tl.constexpr):
     """Finite max |x| over a flat tensor, as float32 bits atomically maxed into out_ptr (int32, zeroed).
 
@@ -159,3 +169,50 @@ def half_to_f32(h, SRC: tl.constexpr):
         return (h << 16).to(tl.float32, bitcast=True)
     else:  # float16
         return h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+# --- fast paths ----------------------------------------------------------------
+# A program takes them when its whole tile is finite and every divisor it uses lies
+# in [2^-60, 2^60] with quotients far from overflow (tile_fast); otherwise it runs
+# the general code above. Both give the same bits.
+SAFE_LO = 8.673617379884035e-19  # 2^-60
+SAFE_HI = 1.152921504606847e18  # 2^60
+
+
+@triton.jit
+def recip(d):
+    """Correctly rounded 1/d (one division per scale, not per element)."""
+    return tl.math.div_rn(tl.full(d.shape, 1.0, tl.float32), d)
+
+
+@triton.jit
+def div_by(x, d, y):
+    """x / d correctly rounded, given y = recip(d): Markstein's correction
+    q = q0 + (x - d q0) y with an exact FMA residual. Exact while d is in
+    [2^-60, 2^60] and |x / d| < 2^100 (no overflow or underflow of the residual;
+    tiny quotients keep their sign and round to zero either way)."""
+    q0 = x * y
+    t = tl.fma(d, q0, -x)  # -(x - d q0), exact; this sign order keeps -0.0 / d at -0.0
+    return tl.fma(t, -y, q0)
+
+
+@triton.jit
+def safe_divisor(d, amax):
+    """d usable by ``div_by`` for values up to amax (float32, finite): int32 1 or 0."""
+    ok = (d >= 8.673617379884035e-19) & (d <= 1.152921504606847e18) & (amax <= d * 1.2676506002282294e30)
+    return ok.to(tl.int32)
+
+
+@triton.jit
+def cast_fp8_finite(v, FP8: tl.constexpr):
+    """``cast_fp8_bits`` for finite v: the saturating RNE conversion (satfinite on sm_89+)
+    already clamps to +-max, and there is no Inf or NaN to patch."""
+    return v.to(FP8, fp_downcast_rounding="rtne").to(tl.uint8, bitcast=True)
+
+
+@triton.jit
+def e2m1_code_fast(r):
+    """``e2m1_code`` for a finite value on the E2M1 grid: r * 2^-126 has the code's
+    magnitude in float32 bits 22-24 (0.5 becomes the subnormal 2^-127), and the sign in bit 31."""
+    b = (r * 1.1754943508222875e-38).to(tl.int32, bitcast=True)
+    return ((b >> 22) & 7) | ((b >> 28) & 8)

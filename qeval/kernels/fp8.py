@@ -2,7 +2,10 @@
 
 Mirrors ``qeval.formats.fp8``: ``s = amax / fmax`` (1 where amax is 0) with
 amax over finite values, ``q = cast_saturating(x / s)``, ``x_hat = fp32(q) * s``.
-Both divisions are correctly rounded.
+Both divisions are correctly rounded. A tile that is all finite (the usual case)
+takes a shorter path: the amax as an integer max of the bits, one correctly
+rounded reciprocal per scale and Markstein's correction per element
+(``_common.div_by``), and no Inf/NaN patching of the codes.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import cast_fp8_bits, finite_abs, fp8_bits_to_f32
+from ._common import (abs_bits, cast_fp8_bits, cast_fp8_finite, div_by, finite_abs, fp8_bits_to_f32, recip,
+                      safe_divisor, tile_ids)
 
 
 @triton.jit
@@ -30,13 +34,38 @@ def fp8_tensor_kernel(
     mask = offs < N
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s = decode_scale(tl.load(amax_ptr), FMAX)
-    q = cast_fp8_bits(tl.math.div_rn(x, s), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+    mb = tl.max(abs_bits(x), axis=0)
+    fast = (mb < 0x7F800000) & (safe_divisor(s, mb.to(tl.float32, bitcast=True)) != 0)
+    if fast:
+        q = cast_fp8_finite(div_by(x, s, recip(s)), FP8)
+    else:
+        q = cast_fp8_bits(tl.math.div_rn(x, s), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
     if FAKE:
         out = fp8_bits_to_f32(q, FP8) * s
         tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(q_ptr + offs, q, mask=mask)
         tl.store(s_ptr, s, mask=pid == 0)
+
+
+@triton.jit
+def _row_tile(x, FP8: tl.constexpr, FMAX: tl.constexpr, INF_POS: tl.constexpr, INF_NEG: tl.constexpr,
+              NAN_CODE: tl.constexpr, AXIS: tl.constexpr):
+    """Scales along AXIS (the last) of a tile and its codes: (codes uint8, scales)."""
+    mb = tl.max(abs_bits(x), axis=AXIS)
+    fin = tl.max(mb, axis=None) < 0x7F800000
+    if fin:
+        s = decode_scale(mb.to(tl.float32, bitcast=True), FMAX)
+        fast = tl.min(safe_divisor(s, mb.to(tl.float32, bitcast=True)), axis=None) != 0
+    else:
+        s = decode_scale(tl.max(finite_abs(x), axis=AXIS), FMAX)
+        fast = False
+    se = tl.expand_dims(s, AXIS)
+    if fast:
+        q = cast_fp8_finite(div_by(x, se, tl.expand_dims(recip(s), AXIS)), FP8)
+    else:
+        q = cast_fp8_bits(tl.math.div_rn(x, se), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+    return q, s
 
 
 @triton.jit
@@ -55,8 +84,7 @@ def fp8_row_kernel(
         rk = tl.arange(0, BK)
         mask = row_ok & (rk[None, :] < K)
         x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=mask, other=0.0).to(tl.float32)
-        s = decode_scale(tl.max(finite_abs(x), axis=1), FMAX)
-        q = cast_fp8_bits(tl.math.div_rn(x, s[:, None]), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+        q, s = _row_tile(x, FP8, FMAX, INF_POS, INF_NEG, NAN_CODE, 1)
         if FAKE:
             out = fp8_bits_to_f32(q, FP8) * s[:, None]
             tl.store(out_ptr + rm[:, None] * som + rk[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -88,13 +116,12 @@ def fp8_block_kernel(
     x_ptr, out_ptr, q_ptr, s_ptr, M, K, KP, sxm, som, sqm, ssm, ssb,
     FAKE: tl.constexpr, TILE2D: tl.constexpr, FP8: tl.constexpr, FMAX: tl.constexpr,
     INF_POS: tl.constexpr, INF_NEG: tl.constexpr, NAN_CODE: tl.constexpr,
-    BM: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr, KFAST: tl.constexpr,
 ):
     """128-blocks along K. TILE2D: one scale per 128x128 tile of a [L, M, K] stack
     (weights; program axis 0 runs over L * ceil(M / 128)); else one per 1x128 group."""
     NB: tl.constexpr = BK // 128
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_m, pid_k = tile_ids(KFAST)
     if TILE2D:
         mt = tl.cdiv(M, BM)
         mat = pid_m // mt
@@ -108,14 +135,23 @@ def fp8_block_kernel(
     x = tl.load(x_ptr + (base + rm[:, None]) * sxm + rk[None, :], mask=row_ok & (rk[None, :] < K), other=0.0)
     x = x.to(tl.float32)
     if TILE2D:
-        s = decode_scale(tl.max(tl.max(finite_abs(x), axis=1), axis=0), FMAX)
-        q = cast_fp8_bits(tl.math.div_rn(x, s), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+        mb = tl.max(tl.max(abs_bits(x), axis=1), axis=0)
+        amax = mb.to(tl.float32, bitcast=True)
+        if mb < 0x7F800000:
+            s = decode_scale(amax, FMAX)
+            fast = safe_divisor(s, amax) != 0
+        else:
+            s = decode_scale(tl.max(tl.max(finite_abs(x), axis=1), axis=0), FMAX)
+            fast = False
+        if fast:
+            q = cast_fp8_finite(div_by(x, s, recip(s)), FP8)
+        else:
+            q = cast_fp8_bits(tl.math.div_rn(x, s), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
         if FAKE:
             deq = fp8_bits_to_f32(q, FP8) * s
     else:
         xb = tl.reshape(x, (BM, NB, 128))
-        s = decode_scale(tl.max(finite_abs(xb), axis=2), FMAX)
-        qb = cast_fp8_bits(tl.math.div_rn(xb, s[:, :, None]), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+        qb, s = _row_tile(xb, FP8, FMAX, INF_POS, INF_NEG, NAN_CODE, 2)
         q = tl.reshape(qb, (BM, BK))
         if FAKE:
             deq = tl.reshape(fp8_bits_to_f32(qb, FP8) * s[:, :, None], (BM, BK))

@@ -18,6 +18,7 @@ from qeval.formats.fp8 import FP8Format
 from qeval.formats.mx import MXFormat
 from qeval.formats.nvfp4 import NVFP4Format
 
+from . import tuning
 from ._common import LAUNCH, amax_kernel, fp8_special_codes
 from .fp8 import fp8_block_kernel, fp8_row_kernel, fp8_tensor_kernel
 from .mx import mx_kernel, mxfp4_quant_pairs_kernel
@@ -25,9 +26,8 @@ from .nvfp4 import fp4_dequant_kernel, nvfp4_kernel, nvfp4_quant_pairs_kernel
 
 import triton.language as tl
 
-# Tile sizes (elements per program and warps); the benchmark may override them.
-CONFIG = {"tile": 4096, "max_bk": 512, "warps": 4, "flat_block": 4096, "amax_block": 4096, "amax_warps": 8, "amax_iters": 8,
-          "tile2d_warps": 16, "pairs": True}
+# Whether packed FP4 quantize reads element pairs (a benchmark may turn it off to compare).
+PAIRS = True
 
 _TL_FP8 = {torch.float8_e4m3fn: tl.float8e4nv, torch.float8_e5m2: tl.float8e5}
 _SPECIAL: dict[torch.dtype, tuple[int, int, int]] = {}
@@ -43,9 +43,17 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _tile(m: int, kp: int, group: int) -> tuple[int, int]:
-    bk = max(group, min(_pow2(kp), CONFIG["max_bk"]))
-    return max(1, CONFIG["tile"] // bk), bk  # bm independent of m: fewer compiled variants
+def _tile(kp: int, group: int, cfg: dict) -> tuple[int, int]:
+    bk = max(group, min(_pow2(kp), cfg["max_bk"]))
+    return max(1, cfg["tile"] // bk), bk  # bm independent of m: fewer compiled variants
+
+
+def _grid2(nm: int, nk: int, cfg: dict) -> tuple[tuple[int, int], bool]:
+    """Grid over (row tiles, column tiles) and KFAST: axis 0 along the columns when the
+    config says order "k" (and the rows fit grid axis 1's 65535)."""
+    if cfg.get("order") == "k" and nm <= 65535:
+        return (nk, nm), True
+    return (nm, nk), False
 
 
 def _as_2d(x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +65,7 @@ _SRC = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 def _pairs_view(x2: torch.Tensor):
     """x2 [M, K] (K even) viewed as one integer per element pair, or None when it can't be."""
-    if not CONFIG["pairs"] or x2.shape[-1] % 2:
+    if not PAIRS or x2.shape[-1] % 2:
         return None
     try:
         return x2.view(torch.int64 if x2.dtype == torch.float32 else torch.int32)
@@ -67,12 +75,13 @@ def _pairs_view(x2: torch.Tensor):
 
 def _pairs_launch(kernel, x2, xp, q, s, kp, group, extra_args, flags):
     m, kh = xp.shape
-    bh = max(group // 2, min(_pow2(kp // 2), CONFIG["max_bk"] // 2))
-    bm = max(1, CONFIG["tile"] // (2 * bh))
-    grid = (triton.cdiv(m, bm), triton.cdiv(kp // 2, bh))
+    cfg = tuning.config("fp4_pairs", x2.device)
+    bh = max(group // 2, min(_pow2(kp // 2), cfg["max_bk"] // 2))
+    bm = max(1, cfg["tile"] // (2 * bh))
+    grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp // 2, bh), cfg)
     pair = 32 if x2.dtype == torch.float32 else 16
     kernel[grid](xp, q, s, *extra_args, m, kh, kp, xp.stride(0), q.stride(0), s.stride(0),
-                 SRC=_SRC[x2.dtype], PAIR=pair, BM=bm, BH=bh, num_warps=CONFIG["warps"], **flags, **LAUNCH)
+                 SRC=_SRC[x2.dtype], PAIR=pair, BM=bm, BH=bh, KFAST=kfast, num_warps=cfg["warps"], **flags, **LAUNCH)
 
 
 def global_amax(x: torch.Tensor) -> torch.Tensor:
@@ -80,10 +89,11 @@ def global_amax(x: torch.Tensor) -> torch.Tensor:
     flat = x.contiguous().reshape(-1)
     buf = torch.zeros(1, dtype=torch.int32, device=x.device)
     n = flat.numel()
-    block = CONFIG["amax_block"]
-    iters = CONFIG["amax_iters"] if n > block * CONFIG["amax_iters"] * 256 else 1
+    cfg = tuning.config("amax", x.device)
+    block = cfg["block"]
+    iters = cfg["iters"] if n > block * cfg["iters"] * 256 else 1
     grid = (triton.cdiv(n, block * iters),)
-    amax_kernel[grid](flat, buf, n, BLOCK=block, ITERS=iters, num_warps=CONFIG["amax_warps"], **LAUNCH)
+    amax_kernel[grid](flat, buf, n, BLOCK=block, ITERS=iters, num_warps=cfg["warps"], **LAUNCH)
     return buf.view(torch.float32)
 
 
@@ -102,13 +112,14 @@ def run_nvfp4(fmt: NVFP4Format, x: torch.Tensor, amax, role: str, fake: bool):
     x2 = _as_2d(x)
     m, k = x2.shape
     kp = triton.cdiv(k, 16) * 16
-    bm, bk = _tile(m, kp, 16)
-    grid = (triton.cdiv(m, bm), triton.cdiv(kp, bk))
+    cfg = tuning.config("nvfp4" if fake else "nvfp4_quant", x.device)
+    bm, bk = _tile(kp, 16, cfg)
+    grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp, bk), cfg)
     a = _amax_arg(x2, amax)
     if fake:
         out = torch.empty_like(x2)
         nvfp4_kernel[grid](x2, out, out, out, a, a, m, k, kp, x2.stride(0), out.stride(0), 0, 0,
-                           FAKE=True, BM=bm, BK=bk, num_warps=CONFIG["warps"], **LAUNCH)
+                           FAKE=True, BM=bm, BK=bk, KFAST=kfast, num_warps=cfg["warps"], **LAUNCH)
         return out.reshape(x.shape)
     q = torch.empty(m, kp // 2, dtype=torch.uint8, device=x.device)
     s = torch.empty(m, kp // 16, dtype=torch.uint8, device=x.device)
@@ -118,7 +129,7 @@ def run_nvfp4(fmt: NVFP4Format, x: torch.Tensor, amax, role: str, fake: bool):
         _pairs_launch(nvfp4_quant_pairs_kernel, x2, xp, q, s, kp, 16, (a, gs), {})
     else:
         nvfp4_kernel[grid](x2, x2, q, s, a, gs, m, k, kp, x2.stride(0), 0, q.stride(0), s.stride(0),
-                           FAKE=False, BM=bm, BK=bk, num_warps=CONFIG["warps"], **LAUNCH)
+                           FAKE=False, BM=bm, BK=bk, KFAST=kfast, num_warps=cfg["warps"], **LAUNCH)
     lead = x.shape[:-1]
     return QTensor(q.reshape(*lead, kp // 2), s.view(torch.float8_e4m3fn).reshape(*lead, kp // 16),
                    gs.reshape(_scalar_shape(amax)), x.shape, fmt, padded=kp != k, role=role)
@@ -129,12 +140,13 @@ def run_mx(fmt: MXFormat, x: torch.Tensor, amax, role: str, fake: bool):
     x2 = _as_2d(x)
     m, k = x2.shape
     kp = triton.cdiv(k, 32) * 32
-    bm, bk = _tile(m, kp, 32)
-    grid = (triton.cdiv(m, bm), triton.cdiv(kp, bk))
+    cfg = tuning.config("mx" if fake else "mx_quant", x.device)
+    bm, bk = _tile(kp, 32, cfg)
+    grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp, bk), cfg)
     fp4 = fmt.element == "e2m1"
     inf_pos, inf_neg, nan_code = _special(torch.float8_e4m3fn)
     flags = dict(FP4=fp4, RCEIL=fmt.rounding == "rceil", INF_POS=inf_pos, INF_NEG=inf_neg, NAN_CODE=nan_code,
-                 BM=bm, BK=bk, num_warps=CONFIG["warps"], **LAUNCH)
+                 BM=bm, BK=bk, KFAST=kfast, num_warps=cfg["warps"], **LAUNCH)
     if fake:
         out = torch.empty_like(x2)
         mx_kernel[grid](x2, out, out, out, m, k, kp, x2.stride(0), out.stride(0), 0, 0, FAKE=True, **flags)
@@ -175,9 +187,10 @@ def _fp8_tensor(fmt, x, amax, role, fake):
     flat = x.contiguous().reshape(-1)
     n = flat.numel()
     a = _amax_arg(flat, amax)
-    block = CONFIG["flat_block"]
+    cfg = tuning.config("fp8_tensor", x.device)
+    block = cfg["tile"]
     grid = (triton.cdiv(n, block),)
-    flags = dict(**_fp8_flags(fmt), BLOCK=block, num_warps=CONFIG["warps"], **LAUNCH)
+    flags = dict(**_fp8_flags(fmt), BLOCK=block, num_warps=cfg["warps"], **LAUNCH)
     if fake:
         out = torch.empty_like(flat)
         fp8_tensor_kernel[grid](flat, out, out, a, a, n, FAKE=True, **flags)
@@ -192,11 +205,12 @@ def fp8_row_quant(x2: torch.Tensor, fmt: FP8Format, out_rows: int | None = None,
     """Per-row FP8 of a contiguous 2-D tensor: (codes [out_rows, K], scales [out_rows, 1] float32),
     or the fake-quantized tensor. Rows past x2's are left for the caller (padding)."""
     m, k = x2.shape
-    single = _pow2(k) <= 16384  # whole row in one tile: one read of x
+    cfg = tuning.config("fp8_row", x2.device)
+    single = _pow2(k) <= cfg["max_single"]  # whole row in one tile: one read of x
     if single:
         bk = _pow2(k)
-        bm = max(1, CONFIG["tile"] // bk)
-        warps = max(CONFIG["warps"], min(16, bk // 512))
+        bm = max(1, cfg["tile"] // bk)
+        warps = max(cfg["warps"], min(cfg["max_warps"], bk // (32 * cfg["per_thread"])))
     else:  # two sweeps; one row per program keeps the re-read in L2
         bk, bm, warps = 4096, 1, 8
     grid = (triton.cdiv(m, bm),)
@@ -232,13 +246,15 @@ def _fp8_block(fmt, x, role, fake):
         mats = math.prod(x.shape[:-2])
         nb = triton.cdiv(rows, 128)
         bm, bk = 128, 128
-        grid = (mats * nb, kp // 128)
-        flags.update(num_warps=CONFIG["tile2d_warps"])
+        cfg = tuning.config("fp8_tile2d", x.device)
+        grid, kfast = _grid2(mats * nb, kp // 128, cfg)
+        flags.update(num_warps=cfg["warps"], KFAST=kfast)
     else:
         rows = x2.shape[0]
-        bm, bk = _tile(rows, kp, 128)
-        grid = (triton.cdiv(rows, bm), triton.cdiv(kp, bk))
-        flags.update(num_warps=CONFIG["warps"])
+        cfg = tuning.config("fp8_block", x.device)
+        bm, bk = _tile(kp, 128, cfg)
+        grid, kfast = _grid2(triton.cdiv(rows, bm), triton.cdiv(kp, bk), cfg)
+        flags.update(num_warps=cfg["warps"], KFAST=kfast)
     if fake:
         out = torch.empty_like(x2)
         fp8_block_kernel[grid](x2, out, out, out, rows, k, kp, x2.stride(0), out.stride(0), 0, 0, 0,
@@ -275,10 +291,11 @@ def dequantize(q: QTensor, dtype: torch.dtype):
     m = codes.shape[0]
     gs = q.global_scale.reshape(1) if q.global_scale is not None else scales
     out = torch.empty(m, k, dtype=dtype, device=codes.device)
-    bm, bk = _tile(m, kp, group)
-    grid = (triton.cdiv(m, bm), triton.cdiv(kp, bk))
+    cfg = tuning.config("fp4_dequant", codes.device)
+    bm, bk = _tile(kp, group, cfg)
+    grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp, bk), cfg)
     fp4_dequant_kernel[grid](codes, scales, gs, out, m, k, kp, codes.stride(0), scales.stride(0), out.stride(0),
-                             MX=mx, BM=bm, BK=bk, num_warps=CONFIG["warps"], **LAUNCH)
+                             MX=mx, BM=bm, BK=bk, KFAST=kfast, num_warps=cfg["warps"], **LAUNCH)
     return out.reshape(q.shape)
 
 

@@ -3,7 +3,8 @@
 Mirrors ``qeval.formats.mx``: the exponent comes exactly from the float32 bits
 of the block amax (floor) or of ``amax / max_elem`` (rceil, a correctly rounded
 division); elements are ``x * 2^-e``, which equals the reference's division by
-the power of two (one rounding of the same real number).
+the power of two (one rounding of the same real number). A tile with no NaN/Inf
+skips the special-value patching of the codes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import cast_fp8_bits, e2m1_code, e2m1_round, fp8_bits_to_f32, half_to_f32, load_pairs, nan_like, pack_nibbles
+from ._common import (cast_fp8_bits, cast_fp8_finite, e2m1_code, e2m1_code_fast, e2m1_round, fp8_bits_to_f32,
+                      half_to_f32, load_pairs, nan_like, pack_nibbles, tile_ids)
 
 G = 32
 
@@ -39,11 +41,10 @@ def mx_kernel(
     M, K, KP, sxm, som, sqm, ssm,
     FAKE: tl.constexpr, FP4: tl.constexpr, RCEIL: tl.constexpr,
     INF_POS: tl.constexpr, INF_NEG: tl.constexpr, NAN_CODE: tl.constexpr,
-    BM: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr, KFAST: tl.constexpr,
 ):
     NB: tl.constexpr = BK // 32
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_m, pid_k = tile_ids(KFAST)
     rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
     rk = pid_k * BK + tl.arange(0, BK)
     row_ok = rm[:, None] < M
@@ -63,11 +64,15 @@ def mx_kernel(
     scl = tl.where(nonfinite, nan_like(scl), scl)
 
     v = xb * inv[:, :, None]
+    finite = tl.max(mb, axis=None) < 0x7F800000
     if FP4:
         r = e2m1_round(v)
         deq = r
     else:
-        qb = cast_fp8_bits(v, tl.float8e4nv, 448.0, INF_POS, INF_NEG, NAN_CODE)
+        if finite:
+            qb = cast_fp8_finite(v, tl.float8e4nv)
+        else:
+            qb = cast_fp8_bits(v, tl.float8e4nv, 448.0, INF_POS, INF_NEG, NAN_CODE)
         deq = fp8_bits_to_f32(qb, tl.float8e4nv)
     if FAKE:
         out = tl.reshape(deq * scl[:, :, None], (BM, BK))
@@ -75,7 +80,10 @@ def mx_kernel(
                  mask=row_ok & (rk[None, :] < K))
     else:
         if FP4:
-            code = tl.reshape(e2m1_code(r), (BM, BK))
+            if finite:
+                code = tl.reshape(e2m1_code_fast(r), (BM, BK))
+            else:
+                code = tl.reshape(e2m1_code(r), (BM, BK))
             packed = pack_nibbles(code, BM, BK)
             rp = pid_k * (BK // 2) + tl.arange(0, BK // 2)
             tl.store(q_ptr + rm[:, None] * sqm + rp[None, :], packed, mask=row_ok & (rp[None, :] < KP // 2))
@@ -91,12 +99,12 @@ def mx_kernel(
 def mxfp4_quant_pairs_kernel(
     xp_ptr, q_ptr, s_ptr, M, KH, KP, sxm, sqm, ssm,
     RCEIL: tl.constexpr, SRC: tl.constexpr, PAIR: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
+    KFAST: tl.constexpr,
 ):
     """Packed MXFP4 quantize of an even-K tensor read as element pairs (see
     ``nvfp4_quant_pairs_kernel``); the same numbers as ``mx_kernel``."""
     NB: tl.constexpr = BH // 16
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_m, pid_k = tile_ids(KFAST)
     rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
     rh = pid_k * BH + tl.arange(0, BH)
     row_ok = rm[:, None] < M
@@ -109,8 +117,12 @@ def mxfp4_quant_pairs_kernel(
     e = mx_exponent(mb, 2, 6.0, RCEIL)
     inv = tl.where(e == 127, 0x00400000, (127 - e) << 23).to(tl.float32, bitcast=True)
     inv = tl.where(nonfinite, nan_like(inv), inv)
-    ce = e2m1_code(e2m1_round(xe * inv[:, :, None]))
-    co = e2m1_code(e2m1_round(xo * inv[:, :, None]))
+    if tl.max(mb, axis=None) < 0x7F800000:
+        ce = e2m1_code_fast(e2m1_round(xe * inv[:, :, None]))
+        co = e2m1_code_fast(e2m1_round(xo * inv[:, :, None]))
+    else:
+        ce = e2m1_code(e2m1_round(xe * inv[:, :, None]))
+        co = e2m1_code(e2m1_round(xo * inv[:, :, None]))
     packed = tl.reshape(ce | (co << 4), (BM, BH)).to(tl.uint8)
     tl.store(q_ptr + rm[:, None] * sqm + rh[None, :], packed, mask=row_ok & (rh[None, :] < KP // 2))
     sbits = tl.where(nonfinite, 255, e + 127).to(tl.uint8)

@@ -3,6 +3,8 @@
 Mirrors ``qeval.formats.nvfp4`` step for step: ``s_g = amax / 2688`` (1 if 0),
 ``s_b = e4m3(clamp(amax_b / (6 s_g), 2^-9, 448))`` (1 for an all-zero block,
 NaN for a block holding NaN/Inf), ``q = RNE_E2M1(x / (fp32(s_b) * s_g))``.
+A tile whose blocks are all finite with scales in range divides through one
+reciprocal per block (``_common.div_by``), with the same bits.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import e2m1_code, e2m1_round, e2m1_value, half_to_f32, load_pairs, nan_like, pack_nibbles
+from ._common import (div_by, e2m1_code, e2m1_code_fast, e2m1_round, e2m1_value, half_to_f32, load_pairs, nan_like,
+                      pack_nibbles, recip, safe_divisor, tile_ids)
 
 G = 16
 
@@ -19,11 +22,10 @@ G = 16
 def nvfp4_kernel(
     x_ptr, out_ptr, q_ptr, s_ptr, amax_ptr, gs_ptr,
     M, K, KP, sxm, som, sqm, ssm,
-    FAKE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+    FAKE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, KFAST: tl.constexpr,
 ):
     NB: tl.constexpr = BK // 16
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_m, pid_k = tile_ids(KFAST)
     rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
     rk = pid_k * BK + tl.arange(0, BK)
     row_ok = rm[:, None] < M
@@ -45,14 +47,20 @@ def nvfp4_kernel(
     sbf = tl.where(nonfinite, nan_like(sb), sb8.to(tl.float32))
     eff = sbf * s_g
 
-    v = tl.math.div_rn(xb, eff[:, :, None])
-    r = e2m1_round(v)
+    fast = tl.min(safe_divisor(eff, bamax), axis=None) != 0
+    if fast:
+        r = e2m1_round(div_by(xb, eff[:, :, None], recip(eff)[:, :, None]))
+    else:
+        r = e2m1_round(tl.math.div_rn(xb, eff[:, :, None]))
     if FAKE:
         out = tl.reshape(r * eff[:, :, None], (BM, BK))
         tl.store(out_ptr + rm[:, None] * som + rk[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=row_ok & (rk[None, :] < K))
     else:
-        code = tl.reshape(e2m1_code(r), (BM, BK))
+        if fast:
+            code = tl.reshape(e2m1_code_fast(r), (BM, BK))
+        else:
+            code = tl.reshape(e2m1_code(r), (BM, BK))
         packed = pack_nibbles(code, BM, BK)
         rp = pid_k * (BK // 2) + tl.arange(0, BK // 2)
         tl.store(q_ptr + rm[:, None] * sqm + rp[None, :], packed, mask=row_ok & (rp[None, :] < KP // 2))
@@ -65,14 +73,13 @@ def nvfp4_kernel(
 @triton.jit
 def nvfp4_quant_pairs_kernel(
     xp_ptr, q_ptr, s_ptr, amax_ptr, gs_ptr, M, KH, KP, sxm, sqm, ssm,
-    SRC: tl.constexpr, PAIR: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
+    SRC: tl.constexpr, PAIR: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr, KFAST: tl.constexpr,
 ):
     """Packed NVFP4 quantize of an even-K tensor read as element pairs (one integer per
     output byte): the same numbers as ``nvfp4_kernel``, without shuffling nibbles
     across threads. ``xp_ptr`` is x viewed as int32 (16-bit x) or int64 (float32 x)."""
     NB: tl.constexpr = BH // 8
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_m, pid_k = tile_ids(KFAST)
     rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
     rh = pid_k * BH + tl.arange(0, BH)
     row_ok = rm[:, None] < M
@@ -92,8 +99,14 @@ def nvfp4_quant_pairs_kernel(
     sb8 = sb.to(tl.float8e4nv, fp_downcast_rounding="rtne")
     eff = tl.where(nonfinite, nan_like(sb), sb8.to(tl.float32)) * s_g
 
-    ce = e2m1_code(e2m1_round(tl.math.div_rn(xe, eff[:, :, None])))
-    co = e2m1_code(e2m1_round(tl.math.div_rn(xo, eff[:, :, None])))
+    if tl.min(safe_divisor(eff, mb.to(tl.float32, bitcast=True)), axis=None) != 0:
+        d = eff[:, :, None]
+        y = recip(eff)[:, :, None]
+        ce = e2m1_code_fast(e2m1_round(div_by(xe, d, y)))
+        co = e2m1_code_fast(e2m1_round(div_by(xo, d, y)))
+    else:
+        ce = e2m1_code(e2m1_round(tl.math.div_rn(xe, eff[:, :, None])))
+        co = e2m1_code(e2m1_round(tl.math.div_rn(xo, eff[:, :, None])))
     packed = tl.reshape(ce | (co << 4), (BM, BH)).to(tl.uint8)
     tl.store(q_ptr + rm[:, None] * sqm + rh[None, :], packed, mask=row_ok & (rh[None, :] < KP // 2))
     sbits = tl.where(nonfinite, 0x7F, sb8.to(tl.uint8, bitcast=True).to(tl.int32)).to(tl.uint8)
@@ -105,14 +118,13 @@ def nvfp4_quant_pairs_kernel(
 @triton.jit
 def fp4_dequant_kernel(
     q_ptr, s_ptr, gs_ptr, out_ptr, M, K, KP, sqm, ssm, som,
-    MX: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+    MX: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, KFAST: tl.constexpr,
 ):
     """Packed E2M1 codes + block scales -> values in out's dtype (NVFP4: E4M3 scales times
     the global scale; MX: E8M0 scales), as the reference's ``dequantize``."""
     G: tl.constexpr = 32 if MX else 16
     NB: tl.constexpr = BK // G
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_m, pid_k = tile_ids(KFAST)
     rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
     row_ok = rm[:, None] < M
     rp = pid_k * (BK // 2) + tl.arange(0, BK // 2)

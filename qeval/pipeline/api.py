@@ -115,7 +115,7 @@ def evaluate(
     if text is not None:
         token_ids = _token_ids(tokenizer, text, max_tokens)
         n = int(token_ids.numel())
-        windows = sliding_windows(n, min(window, n), min(stride or window, window))
+        windows = sliding_windows(n, min(window, n), min(stride or window, window, n))
     calibration = _calibration(tokenizer, calibration)
     device = model.get_input_embeddings().weight.device
     reference = model if baseline is None else baseline

@@ -178,7 +178,7 @@ def measure(recipe, ctx, spill, shard, options, baseline: bool, base_metrics: di
         from qeval.evaluate.tasks import evaluate_tasks, with_baseline
 
         t = time.perf_counter()
-        tasks = evaluate_tasks(ctx.model, ctx.tokenizer, recipe.tasks, recipe.seed)
+        tasks = evaluate_tasks(ctx.model, ctx.tokenizer, recipe.tasks, recipe.seed, progress=options.progress)
         metrics["tasks"] = tasks if baseline else with_baseline(tasks, (base_metrics or {}).get("tasks") or {})
         timings["tasks_s"] = time.perf_counter() - t
     if recipe.embeddings is not None:

@@ -9,7 +9,8 @@ What is checked:
 
 - names that become files: the recipe's and every policy's (characters, length);
 - the device: parses, exists (CUDA present, index in range);
-- lm-eval tasks: every name is an offline task or in lm-eval's index;
+- lm-eval tasks: every name is an offline task or in lm-eval's index; every
+  ``lm_eval_args`` key is an argument of ``lm_eval.simple_evaluate``;
 - the model's weight files are whole (safetensors header against the file size);
 - every policy is planned on a meta-device copy of the model (no weights): rules
   that match nothing, layers out of range, activations on a non-linear module,
@@ -100,6 +101,25 @@ def _check_tasks(path: Path, recipe: Recipe) -> None:
                 f"{path}: field 'tasks[{i}].name': unknown lm-eval task {task.name!r} "
                 f"(offline tasks: {', '.join(sorted(BUILDERS))})"
             )
+    _check_lm_eval_args(path, recipe)
+
+
+def _check_lm_eval_args(path: Path, recipe: Recipe) -> None:
+    """``lm_eval_args`` name arguments of ``lm_eval.simple_evaluate``."""
+    if not any(t.lm_eval_args for t in recipe.tasks):
+        return
+    import difflib
+    import inspect
+
+    import lm_eval
+
+    known = set(inspect.signature(lm_eval.simple_evaluate).parameters)
+    for i, task in enumerate(recipe.tasks):
+        for key in task.lm_eval_args:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise RecipeError(f"{path}: field 'tasks[{i}].lm_eval_args.{key}': not an lm_eval.simple_evaluate argument{hint}")
 
 
 def _config(recipe: Recipe, src):

@@ -86,10 +86,40 @@ class Metrics(_Strict):
     baseline_store: Literal["auto", "device", "disk"] = "auto"
 
 
+# lm_eval.simple_evaluate arguments qeval sets itself (a task's `lm_eval_args` may not)
+_QEVAL_SETS = {"model", "model_args", "tasks", "task_manager", "limit", "batch_size", "device", "random_seed",
+               "numpy_random_seed", "torch_random_seed", "fewshot_random_seed", "evaluation_tracker"}
+
+
 class TaskSpec(_Strict):
+    """One lm-eval task. The options below have lm-eval's names and go to
+    ``lm_eval.simple_evaluate`` unchanged; ``lm_eval_args`` passes any other of its arguments."""
+
     name: str
-    limit: int | None = Field(None, ge=1)  # examples per task (None: all)
+    limit: int | float | None = Field(None, gt=0)  # examples per task (a fraction if < 1; None: all)
     batch_size: int = Field(8, ge=1)
+    num_fewshot: int | None = Field(None, ge=0)  # None: the task's own default
+    apply_chat_template: bool | str = False
+    fewshot_as_multiturn: bool | None = None
+    system_instruction: str | None = None
+    gen_kwargs: str | dict[str, Any] | None = None  # generation arguments of generative tasks
+    log_samples: bool = False  # per-example inputs/outputs -> samples/<policy>/<task>.jsonl in the run
+    lm_eval_args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("lm_eval_args")
+    @classmethod
+    def _args(cls, v):
+        taken = sorted(set(v) & (_QEVAL_SETS | set(cls.model_fields)))
+        if taken:
+            raise ValueError(f"{', '.join(taken)}: set by qeval or by the task's own fields, not in lm_eval_args")
+        return v
+
+    def lm_eval_options(self) -> dict[str, Any]:
+        """The options that differ from lm-eval's defaults, as ``simple_evaluate`` keywords."""
+        out = {k: getattr(self, k) for k in ("num_fewshot", "fewshot_as_multiturn", "system_instruction", "gen_kwargs")
+               if getattr(self, k) is not None}
+        flags = {k: getattr(self, k) for k in ("apply_chat_template", "log_samples") if getattr(self, k)}
+        return {**out, **flags, **self.lm_eval_args}
 
 
 class EmbeddingConfig(_Strict):

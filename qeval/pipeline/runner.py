@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import math
 import random
 import shutil
 import sys
@@ -248,12 +247,14 @@ def _prepare(recipe: Recipe, device, options: RunOptions, shard: Shard) -> Conte
     from qeval.data import calibration_batches, load_text, token_stream
     from qeval.evaluate.perplexity import sliding_windows
     from qeval.models import load_model
+    from qeval.pipeline import progress
 
     seed_everything(recipe.seed)
     spec = recipe.model
     if device is not None and spec.device_map is None:
         spec = spec.model_copy(update={"device": str(device)})
-    model, tokenizer = load_model(spec)
+    with progress.loading_bars(options.progress):
+        model, tokenizer = load_model(spec)
     from qeval.pipeline.preflight import check_weights
 
     check_weights(model)  # NaN/Inf in any tensor: refused before the baseline
@@ -295,7 +296,7 @@ def _input_device(model, device):
 
 
 def _evaluate_all(recipe, ctx: Context, selected, run_path: Path, rundir, finished: dict, shard: Shard, options) -> None:
-    from qeval.pipeline import depends, passes
+    from qeval.pipeline import depends, passes, progress
 
     wanted = _inputs(recipe, ctx, selected)
     finished = _reusable(finished, wanted, recipe, ctx, rundir, shard)
@@ -306,17 +307,20 @@ def _evaluate_all(recipe, ctx: Context, selected, run_path: Path, rundir, finish
         print(f"qeval: resuming {rundir.path}: reusing {', '.join(done_names)}", file=sys.stderr)
     spill = passes.spill_for(run_path, rundir, shard, ctx, depends.key(wanted["baseline"]),
                              prefer=recipe.metrics.baseline_store)
+    clock = progress.Clock(len(todo) + ("baseline" not in finished)) if options.progress else None  # None: no step lines
     step = 0
     if "baseline" not in finished:
         seed_everything(recipe.seed)
         entry = {**passes.evaluate_baseline(recipe, ctx, spill, shard, options), "inputs": wanted["baseline"]}
         if shard.rank == 0:
-            rundir.save_policy("baseline", entry)
+            rundir.save_policy("baseline", _save_samples(rundir, "baseline", entry))
         finished = {**finished, "baseline": entry}
+        if clock:
+            clock.tick()
     elif todo:
         passes.ensure_baseline_state(recipe, ctx, spill, shard, options)
     step += 1
-    _announce(shard, step, total, "baseline", finished["baseline"])
+    progress.announce(shard, step, total, "baseline", finished["baseline"], clock)
     baseline = finished["baseline"]
     for name, source in selected:
         step += 1
@@ -326,10 +330,12 @@ def _evaluate_all(recipe, ctx: Context, selected, run_path: Path, rundir, finish
         entry = {**passes.evaluate_policy(recipe, ctx, name, source, baseline, spill, shard, options),
                  "inputs": wanted[name]}
         if shard.rank == 0:
-            rundir.save_policy(name, entry)
-        _announce(shard, step, total, name, entry)
+            rundir.save_policy(name, _save_samples(rundir, name, entry))
+        if clock:
+            clock.tick()
+        progress.announce(shard, step, total, name, entry, clock)
     if spill.where == "device":
-        spill.remove()  # free the device memory it held
+        spill.remove()  # free the memory it held
 
 
 def _inputs(recipe, ctx, selected) -> dict[str, dict]:
@@ -373,16 +379,14 @@ def _reusable(finished: dict, wanted: dict, recipe, ctx, rundir, shard) -> dict:
     return keep
 
 
-def _announce(shard: Shard, step: int, total: int, name: str, entry: dict) -> None:
-    if shard.rank != 0:
-        return
-    m = entry.get("metrics") or {}
-    bits = []
-    for key, fmt in (("perplexity", "ppl {:.3f}"), ("kl_mean", "KL {:.4f}"), ("top1_agreement", "top-1 {:.3f}"),
-                     ("embedding_cosine_mean", "cos {:.4f}")):
-        v = m.get(key)
-        if isinstance(v, (int, float)) and math.isfinite(v):
-            bits.append(fmt.format(v))
-    tm = entry.get("timings") or {}
-    t = tm.get("quantize_s", 0.0) + tm.get("eval_s", 0.0)
-    print(f"[{step}/{total}] {name}: {', '.join(bits) or 'done'} ({t:.1f} s)", file=sys.stderr, flush=True)
+def _save_samples(rundir, name: str, entry: dict) -> dict:
+    """lm-eval's per-example samples (``log_samples``) go to ``samples/<name>/<task>.jsonl``, not results.json."""
+    from qeval.files import atomic_write_bytes
+
+    for task, res in ((entry.get("metrics") or {}).get("tasks") or {}).items():
+        samples = res.pop("samples", None) if isinstance(res, dict) else None
+        if samples is not None:
+            lines = "".join(json.dumps(x, sort_keys=True, default=str) + "\n" for x in samples)
+            atomic_write_bytes(rundir.path / "samples" / name / f"{task}.jsonl", lines.encode("utf-8"))
+            res["samples_file"] = f"samples/{name}/{task}.jsonl"
+    return entry

@@ -42,6 +42,7 @@ from qeval.files import read_yaml
 from qeval.paths import CONFIGS
 from qeval.results import intervals
 from qeval.results.sanity import finite_logits_checks, nothing_checked, quantizes_nothing_check
+from qeval.results.summary import relation
 
 GATES_DIR = CONFIGS / "gates"
 
@@ -186,9 +187,9 @@ def _compare(name, metric, op, threshold, value) -> dict:
                 "passed": False, "detail": f"{metric} = {value} is not finite"}
     passed = value <= threshold if op == "<=" else value >= threshold
     margin = threshold - value if op == "<=" else value - threshold
-    word = "passes" if passed else "fails"
+    how = f"margin {margin:.4g}" if passed else f"{'over' if op == '<=' else 'short'} by {-margin:.4g}"
     return {"name": name, "metric": metric, "op": op, "threshold": threshold, "value": value, "passed": passed,
-            "detail": f"{word}: {metric} {value:.6g} {op} {threshold:g} required (margin {margin:+.4g})"}
+            "detail": f"{'passes' if passed else 'fails'}: {relation(metric, value, op, threshold)} ({how})"}
 
 
 def _bound_check(name, metric, op, threshold, value, bounds, confidence, what=None) -> dict:
@@ -200,7 +201,7 @@ def _bound_check(name, metric, op, threshold, value, bounds, confidence, what=No
         return check
     passed, verdict = intervals.judge(value, bounds, op, threshold)
     check.update(passed=passed, interval=list(bounds), detail=(
-        f"{verdict}: {what or metric} {value:.6g} {op} {threshold:g} required, "
+        f"{verdict}: {relation(what or metric, value, op, threshold)}, "
         f"{confidence:g} one-sided bounds [{bounds[0]:.4g}, {bounds[1]:.4g}]"))
     if verdict == "passes within noise":
         check["within_noise"] = True

@@ -1,270 +1,30 @@
-"""Results -> a terminal table (rich), ``report.md`` and a Pareto plot PNG.
+"""The report of a run: ``report.md``, ``report.html`` (self-contained) and ``pareto.png``.
 
-Columns are chosen from the metrics present, so a decoder run shows
-perplexity/KL/top-1 and an encoder run shows embedding cosines; ``metrics``
-arguments pick columns by key (see ``COLUMN_KEYS``; ``task:<name>`` for one
-task). ``qeval compare`` builds its table from the same columns.
+The content is built once as blocks (``qeval.results.document``) and rendered
+twice. It opens with a one-line verdict, then provenance, the results table,
+the gate with reasons, the GPU recommendation, each policy's rules and the
+Pareto plot. The table itself lives in ``qeval.results.table`` (re-exported).
 
 >>> from qeval.results.report import print_table, write_report
 >>> print_table(results)                  # after a run
->>> write_report(results, run_dir)        # report.md + pareto.png, atomically
+>>> write_report(results, run_dir)        # report.md + report.html + pareto.png, atomically
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
-from qeval.console import as_number as _num
-from qeval.console import print_wide
 from qeval.files import atomic_write_bytes
 from qeval.results import intervals
 from qeval.results.schema import run_label
-
-# ---------------------------------------------------------------------------
-# Formatting helpers
-
-
-def format_bytes(n: Any) -> str:
-    """``1536 -> '1.50 KiB'``; '-' for missing."""
-    if not isinstance(n, (int, float)) or isinstance(n, bool):
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1024
-    return f"{n} B"  # unreachable
-
-
-def _fmt(x: Any, spec: str = ".4g") -> str:
-    v = _num(x)
-    if v is None:
-        return "-"
-    if not math.isfinite(v):
-        return str(v)
-    return format(v, spec)
-
-
-def _pct(x: Any) -> str:
-    v = _num(x)
-    return "-" if v is None else f"{v * 100:.1f}%"
-
-
-# ---------------------------------------------------------------------------
-# Columns
-
-
-@dataclass(frozen=True)
-class Column:
-    key: str
-    header: str
-    get: Callable[[dict, dict], Any]  # (entry, baseline metrics) -> raw value
-    fmt: Callable[[Any], str]
-    baseline: bool = True  # meaningful for the baseline row
-    spread: Callable[[dict, dict], float | None] | None = None  # half the interval, shown as "± x"
-    spread_fmt: str = ".2g"
-
-    def cell(self, entry: dict, base: dict) -> str:
-        text = self.fmt(self.get(entry, base))
-        half = self.spread(entry, base) if self.spread is not None and text != "-" else None
-        return text if half is None or not math.isfinite(half) else f"{text} ± {format(half, self.spread_fmt)}"
-
-
-def _metric(key: str) -> Callable[[dict, dict], Any]:
-    return lambda entry, base: (entry.get("metrics") or {}).get(key)
-
-
-def _confidence(entry: dict) -> float:
-    return _num(((entry.get("metrics") or {}).get("ci") or {}).get("confidence")) or 0.95
-
-
-def _half(key: str) -> Callable[[dict, dict], float | None]:
-    """Half the stored-confidence interval of ``key`` (None without one: schema 1, one window)."""
-
-    def get(entry: dict, base: dict):
-        ci = intervals.interval(entry.get("metrics") or {}, key, _confidence(entry))
-        return None if ci is None else (ci[1] - ci[0]) / 2
-
-    return get
-
-
-def _paired_ppl(entry: dict, base: dict):
-    if entry.get("name") == "baseline":
-        return None
-    return intervals.paired_difference(entry.get("metrics") or {}, base, "perplexity", _confidence(entry))
-
-
-def _ppl_increase(entry: dict, base: dict) -> float | None:
-    ppl, b = _num((entry.get("metrics") or {}).get("perplexity")), _num(base.get("perplexity"))
-    if ppl is None or b is None or b <= 0 or entry.get("name") == "baseline":
-        return None
-    diff = _paired_ppl(entry, base)  # on the windows both scored (a target_ci run may stop early)
-    return diff.value if diff is not None and math.isfinite(ppl) else (ppl - b) / b * 100
-
-
-def _ppl_increase_half(entry: dict, base: dict) -> float | None:
-    diff = _paired_ppl(entry, base)  # paired with the baseline: much narrower than either interval
-    return None if diff is None else (diff.hi - diff.lo) / 2
-
-
-def _gate(entry: dict, base: dict) -> str | None:
-    verdict = entry.get("gate")
-    if not isinstance(verdict, dict):
-        return None
-    if verdict.get("passed"):
-        return "PASS"
-    failed = [c.get("name", "?") for c in verdict.get("checks", []) if not c.get("passed")]
-    return f"FAIL ({len(failed)})"
-
-
-_COLUMNS = [
-    Column("weight_bytes", "weights", lambda e, b: e.get("weight_bytes"), format_bytes),
-    Column("savings_vs_bf16", "saved", lambda e, b: e.get("savings_vs_bf16"), _pct, baseline=False),
-    Column("perplexity", "ppl", _metric("perplexity"), lambda v: _fmt(v, ".2f"), spread=_half("perplexity"), spread_fmt=".2f"),
-    Column("perplexity_increase_pct", "ppl +%", _ppl_increase, lambda v: _fmt(v, "+.2f"), baseline=False,
-           spread=_ppl_increase_half, spread_fmt=".2f"),
-    Column("kl_mean", "KL mean", _metric("kl_mean"), _fmt, baseline=False, spread=_half("kl_mean")),
-    Column("kl_p99", "KL p99", _metric("kl_p99"), _fmt, baseline=False, spread=_half("kl_p99")),
-    Column("top1_agreement", "top-1", _metric("top1_agreement"), lambda v: _fmt(v, ".3f"), baseline=False,
-           spread=_half("top1_agreement"), spread_fmt=".3f"),
-    Column("embedding_cosine_mean", "cos mean", _metric("embedding_cosine_mean"), lambda v: _fmt(v, ".5f"), baseline=False),
-    Column("embedding_cosine_min", "cos min", _metric("embedding_cosine_min"), lambda v: _fmt(v, ".5f"), baseline=False),
-    Column("similarity_spearman", "spearman", _metric("similarity_spearman"), lambda v: _fmt(v, ".4f")),
-    Column("quantize_s", "quantize s", lambda e, b: (e.get("timings") or {}).get("quantize_s"), lambda v: _fmt(v, ".1f"), baseline=False),
-    Column("eval_s", "eval s", lambda e, b: (e.get("timings") or {}).get("eval_s"), lambda v: _fmt(v, ".1f")),
-    Column("gpu_peak", "GPU peak", lambda e, b: (e.get("memory") or {}).get("gpu_peak_bytes"), format_bytes),
-    Column("host_peak", "host peak", lambda e, b: (e.get("memory") or {}).get("host_peak_bytes"), format_bytes),
-    Column("gate", "gate", _gate, lambda v: "-" if v is None else str(v), baseline=False),
-]
-COLUMN_KEYS = [c.key for c in _COLUMNS] + ["task:<name>", "tasks"]
-DEFAULT_COLUMNS = [
-    "weight_bytes", "savings_vs_bf16", "perplexity", "perplexity_increase_pct", "kl_mean", "kl_p99",
-    "top1_agreement", "embedding_cosine_mean", "embedding_cosine_min", "similarity_spearman", "tasks", "eval_s",
-    "gpu_peak", "host_peak", "gate",
-]
-
-
-def _task_column(task: str) -> Column:
-    def get(entry: dict, base: dict):
-        return ((entry.get("metrics") or {}).get("tasks") or {}).get(task)
-
-    def fmt(t: Any) -> str:
-        if not isinstance(t, dict) or _num(t.get("acc")) is None:
-            return "-"
-        out = f"{t['acc']:.3f}"
-        if _num(t.get("stderr")) is not None:
-            out += f"±{t['stderr']:.3f}"
-        if _num(t.get("recovery")) is not None:
-            out += f" ({t['recovery']:.1f}%)"
-        return out
-
-    return Column(f"task:{task}", f"{task} acc", get, fmt)
-
-
-def _entries(results: dict) -> list[dict]:
-    """Baseline (if any) then policies."""
-    out = []
-    if isinstance(results.get("baseline"), dict):
-        out.append({"name": "baseline", **results["baseline"]})
-    out.extend(results.get("policies") or [])
-    return out
-
-
-def _task_names(results_list: list[dict]) -> list[str]:
-    names: list[str] = []
-    for results in results_list:
-        for entry in _entries(results):
-            for task in (entry.get("metrics") or {}).get("tasks") or {}:
-                if task not in names:
-                    names.append(task)
-    return names
-
-
-def select_columns(results_list: list[dict], metrics: list[str] | None = None) -> list[Column]:
-    """Columns for these results: ``metrics`` keys in that order, or every default with a value.
-
-    Raises:
-        ValueError: an unknown key (the message lists the valid ones).
-    """
-    by_key = {c.key: c for c in _COLUMNS}
-    tasks = _task_names(results_list)
-    keys = metrics or DEFAULT_COLUMNS
-    columns: list[Column] = []
-    for key in keys:
-        if key == "tasks":
-            columns.extend(_task_column(t) for t in tasks)
-        elif key.startswith("task:"):
-            columns.append(_task_column(key[5:]))
-        elif key in by_key:
-            columns.append(by_key[key])
-        else:
-            raise ValueError(f"unknown metric column {key!r} (valid: {', '.join(COLUMN_KEYS)})")
-    if metrics:
-        return columns
-    # defaults: drop columns no row has a value for
-    rows = [(e, ((r.get("baseline") or {}).get("metrics") or {})) for r in results_list for e in _entries(r)]
-    return [c for c in columns if any(c.get(e, b) is not None for e, b in rows)]
-
-
-def table_rows(results_list: list[dict], columns: list[Column], label_runs: bool) -> tuple[list[str], list[list[str]]]:
-    """Headers and formatted rows; with ``label_runs`` the first column names the run."""
-    headers = (["run"] if label_runs else []) + ["policy"] + [c.header for c in columns]
-    rows = []
-    for results in results_list:
-        base = (results.get("baseline") or {}).get("metrics") or {}
-        label = run_label(results)
-        for entry in _entries(results):
-            is_base = entry.get("name") == "baseline"
-            cells = [("-" if is_base and not c.baseline else c.cell(entry, base)) for c in columns]
-            name = str(entry.get("name", "?"))
-            if entry.get("mx_scale_rule"):  # MX results depend on the scale rule: say which
-                name += f" ({entry['mx_scale_rule']})"
-            rows.append(([label] if label_runs else []) + [name] + cells)
-    return headers, rows
-
-
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    def esc(s: str) -> str:
-        return s.replace("|", "\\|")
-
-    numeric = [all(re.match(r"^[-+]?[\d.]", r[i]) or r[i] == "-" for r in rows) if rows else False for i in range(len(headers))]
-    lines = ["| " + " | ".join(esc(h) for h in headers) + " |"]
-    lines.append("| " + " | ".join("---:" if n else "---" for n in numeric) + " |")
-    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def rich_table(headers: list[str], rows: list[list[str]], title: str | None = None):
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
-    for h in headers:
-        table.add_column(h, justify="left" if h in ("run", "policy") else "right", no_wrap=True)
-    for r in rows:
-        style = "bold red" if r[-1].startswith("FAIL") else None
-        table.add_row(*r, style=style)
-    return table
-
-
-def print_table(results: dict, console=None, metrics: list[str] | None = None) -> None:
-    """Print one run's comparison table (baseline first) to the terminal.
-
-    Args:
-        results: a results dict (``results.json``'s content).
-        console: a ``rich.console.Console``; default: a new one on stdout.
-        metrics: column keys (default: all that have values).
-    """
-    columns = select_columns([results], metrics)
-    headers, rows = table_rows([results], columns, label_runs=False)
-    print_wide(rich_table(headers, rows, title=f"qeval: {run_label(results)}"), console)
-
+from qeval.results.summary import failure_reasons, recommendation_rows, rule_lines, task_sensitivity, verdict
+from qeval.results.table import (  # noqa: F401  (re-exported: the table API predates this split)
+    COLUMN_KEYS, DEFAULT_COLUMNS, Column, format_bytes, markdown_table, print_table, rich_table, select_columns,
+    table_rows,
+)
 
 # ---------------------------------------------------------------------------
 # report.md
@@ -295,24 +55,34 @@ def baseline_provenance(config: dict) -> str | None:
     return None
 
 
-def _gate_section(results: dict) -> list[str]:
-    lines = []
+def _ranking_blocks(results: dict) -> list[tuple]:
+    """``intervals.ranking_lines`` (Markdown: heading, explanation, one bullet per metric) as blocks."""
+    lines = intervals.ranking_lines(results)
+    if not lines:
+        return []
+    text = next(line for line in lines[1:] if line and not line.startswith(("#", "- ")))
+    return [("h2", lines[0].lstrip("# ")), ("p", text), ("ul", [line[2:] for line in lines if line.startswith("- ")])]
+
+
+def _gate_blocks(results: dict) -> list[tuple]:
     policies = [p for p in results.get("policies") or [] if isinstance(p.get("gate"), dict)]
     if not policies:
-        return lines
-    lines += ["## Gate", ""]
+        return []
     top = results.get("gate") or {}
+    blocks: list[tuple] = [("h2", "Gate")]
     if top:
-        lines.append(f"Overall: **{'PASS' if top.get('passed') else 'FAIL'}**")
-        lines.append("")
+        blocks.append(("p", f"Overall: **{'PASS' if top.get('passed') else 'FAIL'}** (every policy must pass)."))
+    items = []
     for p in policies:
         verdict = p["gate"]
-        lines.append(f"- **{p['name']}**: {'PASS' if verdict.get('passed') else 'FAIL'}")
+        reasons = failure_reasons(p)
+        head = f"**{p['name']}**: " + ("PASS" if verdict.get("passed") else "FAIL: " + "; ".join(reasons))
+        subs = []
         for c in verdict.get("checks", []):
             mark = "skip" if c.get("skipped") else ("ok" if c.get("passed") else "FAIL")
-            lines.append(f"  - [{mark}] `{c.get('name')}`: {c.get('detail', '')}")
-    lines.append("")
-    return lines
+            subs.append(f"[{mark}] `{c.get('name')}`: {c.get('detail', '')}")
+        items.append((head, subs))
+    return blocks + [("ul", items)]
 
 
 _MODE_NOTE = (
@@ -326,55 +96,101 @@ def _mode(entry: dict) -> str:
     return f"{entry['mode']} ({emu})" if entry.get("mode") == "emulate" and emu else str(entry.get("mode"))
 
 
-def report_markdown(results: dict, plot_name: str | None = "pareto.png") -> str:
-    """The text of ``report.md``."""
+def _recommendation_blocks(results: dict) -> list[tuple]:
+    headers, rows = recommendation_rows(results)
+    if not any(r[2] != "-" for r in rows):
+        return []
+    hw = ((results.get("recipe") or {}).get("config") or {}).get("hardware") or {}
+    blocks: list[tuple] = [
+        ("h2", "GPU recommendation"),
+        ("p", f"For serving at context {hw.get('context', '?')} x batch {hw.get('batch', '?')} (the recipe's "
+              "`hardware:`): the cheapest option per hour that fits with headroom, from the model's config "
+              "(weights, KV cache, activations and overhead per GPU; `qeval recommend` shows every option)."),
+        ("table", headers, rows),
+    ]
+    why = [f"**{p['name']}**: {(p.get('recommendation') or {}).get('why')}" for p in results.get("policies") or []
+           if (p.get("recommendation") or {}).get("why")]
+    return blocks + ([("ul", why)] if why else [])
+
+
+def _policy_blocks(results: dict) -> list[tuple]:
+    items = []
+    for p in results.get("policies") or []:
+        desc = str((p.get("policy") or {}).get("description") or "").strip()
+        head = f"**{p.get('name')}**" + (f": {desc}" if desc else "")
+        items.append((head, rule_lines(p)))
+    return [("h2", "Policies (rules, first match wins)"), ("ul", items)] if items else []
+
+
+def _provenance(results: dict) -> list[str]:
     recipe = results.get("recipe") or {}
-    config = recipe.get("config") or {}
     env = results.get("environment") or {}
-    lines = [f"# qeval report: {run_label(results)}", ""]
-    if config.get("description"):
-        lines += [str(config["description"]), ""]
-    lines.append(f"- Recipe: `{recipe.get('path', '?')}` (sha256 `{str(recipe.get('sha256', '?'))[:16]}`)")
+    lines = [f"Recipe: `{recipe.get('path', '?')}` (sha256 `{str(recipe.get('sha256', '?'))[:16]}`)"]
     lines.append(
-        f"- Environment: qeval {env.get('qeval', '?')}, torch {env.get('torch', '?')}, "
+        f"Environment: qeval {env.get('qeval', '?')}, torch {env.get('torch', '?')}, "
         f"transformers {env.get('transformers', '?')}, lm-eval {env.get('lm_eval', '?')}, device {env.get('device', '?')}, "
         f"seed {env.get('seed', '?')}, git {str(env.get('git_commit') or 'n/a')[:12]}"
     )
     if env.get("started") or env.get("finished"):
-        lines.append(f"- Started {env.get('started', '?')}, finished {env.get('finished', '?')}")
+        lines.append(f"Started {env.get('started', '?')}, finished {env.get('finished', '?')}")
     data = env.get("eval_data")
     if isinstance(data, dict):
         for key, what in (("eval", "Evaluation text"), ("calibration", "Calibration data")):
             if data.get(key):
-                lines.append(f"- {what}: `{json.dumps(data[key], sort_keys=True)}`")
+                lines.append(f"{what}: `{json.dumps(data[key], sort_keys=True)}`")
     modes = sorted({_mode(p) for p in results.get("policies") or [] if p.get("mode")})
     if modes:
-        lines.append(f"- Compute path: {', '.join(modes)} ({_MODE_NOTE})")
+        lines.append(f"Compute path: {', '.join(modes)} ({_MODE_NOTE})")
+    return lines
+
+
+def report_blocks(results: dict, plot_name: str | None = "pareto.png") -> list[tuple]:
+    """The report's content (``qeval.results.document`` renders it to Markdown and HTML)."""
+    config = (results.get("recipe") or {}).get("config") or {}
+    blocks: list[tuple] = [("h1", f"qeval report: {run_label(results)}"), ("p", f"**Verdict.** {verdict(results)}")]
+    if config.get("description"):
+        blocks.append(("p", str(config["description"])))
+    blocks.append(("ul", _provenance(results)))
     provenance = baseline_provenance(config)
     if provenance:
-        lines += ["", f"**Baseline.** {provenance}"]
-    lines += ["", "## Results", ""]
-    columns = select_columns([results])
-    headers, rows = table_rows([results], columns, label_runs=False)
-    lines += [markdown_table(headers, rows), ""]
-    lines.append(
-        "KL is KL(baseline || policy) per token over the full vocabulary (nats); task cells are "
-        "accuracy±stderr (recovery vs baseline). ± is half the confidence interval, with the "
-        "evaluation window as the sampling unit (ppl +%: paired with the baseline on the same windows)."
-    )
-    lines.append("")
-    lines += intervals.ranking_lines(results)
-    lines += _gate_section(results)
+        blocks.append(("p", f"**Baseline.** {provenance}"))
+    headers, rows = table_rows([results], select_columns([results]), label_runs=False)
+    blocks += [("h2", "Results"), ("table", headers, rows)]
+    blocks.append(("p", "KL is KL(baseline || policy) per token over the full vocabulary (nats); task cells are "
+                        "score±stderr (recovery vs baseline). ± is half the confidence interval, with the evaluation "
+                        "window as the sampling unit (ppl +%: paired with the baseline on the same windows). KV cache "
+                        "is its format and its bytes at the recipe's hardware context x batch; times are seconds on "
+                        "this run's device."))
+    sensitivity = task_sensitivity(results)
+    if sensitivity:
+        blocks.append(("ul", [f"**Small task.** {s}" for s in sensitivity]))
+    blocks += _ranking_blocks(results) + _gate_blocks(results) + _recommendation_blocks(results) + _policy_blocks(results)
     if plot_name:
-        lines += ["## Size vs quality", "", f"![Pareto plot]({plot_name})", ""]
-    return "\n".join(lines)
+        blocks += [("h2", "Size vs quality"), ("img", plot_name, "Pareto plot")]
+    return blocks
+
+
+def report_markdown(results: dict, plot_name: str | None = "pareto.png") -> str:
+    """The text of ``report.md``."""
+    from qeval.results.document import to_markdown
+
+    return to_markdown(report_blocks(results, plot_name))
+
+
+def report_html(results: dict, images: dict[str, bytes] | None = None, plot_name: str | None = "pareto.png") -> str:
+    """``report.html``: the same content in one file, the plot embedded (no network, no scripts)."""
+    from qeval.results.document import to_html
+
+    return to_html(report_blocks(results, plot_name), images or {}, f"qeval report: {run_label(results)}")
 
 
 def write_report(results: dict, run_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``pareto.png`` into ``run_dir`` (each atomically)."""
+    """Write ``report.md``, ``report.html`` and ``pareto.png`` into ``run_dir`` (each atomically)."""
     run_dir = Path(run_dir)
     from qeval.results.pareto import pareto_plot
 
     png = pareto_plot(results, run_dir / "pareto.png")
     md = atomic_write_bytes(run_dir / "report.md", report_markdown(results, png.name).encode("utf-8"))
+    page = report_html(results, {png.name: png.read_bytes()}, png.name)
+    atomic_write_bytes(run_dir / "report.html", page.encode("utf-8"))
     return md, png

@@ -13,8 +13,12 @@ from typing import Any, Literal, TypedDict
 
 
 class TaskMetrics(TypedDict, total=False):
-    acc: float  # accuracy of this model on the task
+    metric: str  # the task's primary metric: "acc" for multiple choice, else lm-eval's first (e.g. "exact_match")
+    acc: float  # this model's value of ``metric`` (accuracy for multiple choice)
     stderr: float | None  # lm-eval's standard error of ``acc`` (None if it gave "N/A")
+    scores: dict[str, float | None]  # every metric lm-eval reported ("acc_norm", "exact_match,strict-match", ...)
+    lm_eval: dict[str, Any]  # lm-eval's own block: results ("acc,none" layout), config, version, n-shot, n-samples
+    samples_file: str  # with log_samples: samples/<policy>/<task>.jsonl in the run directory
     baseline_acc: float  # the unquantized model's accuracy (absent in the baseline entry)
     baseline_stderr: float | None
     recovery: float | None  # acc / baseline_acc * 100; None when baseline_acc == 0

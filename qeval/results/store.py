@@ -5,7 +5,8 @@ Layout of one run (``results/<recipe-name>/<run-id>/``)::
     run.json              manifest written first: recipe name/path/sha256/config, run id, start time
     policies/<name>.json  one file per finished evaluation (``baseline.json`` for the baseline)
     results.json          assembled by ``RunDir.finalize`` from the per-policy files
-    report.md, pareto.png written by ``qeval.results.report`` after results.json
+    report.md, report.html, pareto.png   written by ``qeval.results.report`` after results.json
+    samples/<policy>/<task>.jsonl        lm-eval's per-example records, for tasks with ``log_samples``
 
 Every file is written atomically (a temp file in the same directory, then
 ``os.replace``), so a killed run never leaves a half-written file and loses no
@@ -228,6 +229,11 @@ class RunDir:
                     raise
                 rundir._lock = held._lock
                 return rundir
+            if run_id is not None:  # a named run that is not there is a typo, not a fresh start
+                runs = sorted(p.parent.name for p in recipe_dir.glob("*/run.json"))
+                known = f"runs of {recipe_name}: {', '.join(runs[-5:])}" if runs else f"no runs of {recipe_name} yet"
+                raise ResultsError(f"cannot resume: no run {recipe_dir / run_id} ({known}); drop --run-id to resume "
+                                   "the latest run, or drop --resume to start a new run with that id")
             if run_id is None:
                 run_id = datetime.now(timezone.utc).strftime(RUN_ID_FORMAT)
 

@@ -1,0 +1,131 @@
+"""Measure launch shapes of qeval's kernels on this GPU and keep the fastest (configs/kernels.yaml).
+
+Run on a CUDA GPU::
+
+    PYTHONPATH=. python3 benchmarks/tune_kernels.py --write configs/kernels.yaml
+
+For each kernel key of configs/kernels.yaml, every candidate shape runs the
+kernel's benchmark operations on one 1 GiB bf16 tensor (16384 x 32768, the
+tensor of bench_gpu.py; FP8 per-token also at 65536 x 8192); the shape with the
+smallest summed median time (``triton.testing.do_bench``) wins. ``--write``
+stores the winners under ``devices: <this GPU's name>``. Shapes change speed
+only: the results of every shape are the same bits (tests/test_kernels.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import yaml
+
+from qeval import kernels
+from qeval.kernels import launch, tuning
+
+TILES = [dict(tile=t, max_bk=b, warps=w) for t, b, w in ((4096, 512, 4), (8192, 512, 8), (8192, 1024, 4), (16384, 1024, 8))]
+CANDIDATES = {
+    "nvfp4": TILES, "mx": TILES, "mx_quant": TILES, "fp4_pairs": TILES, "fp4_dequant": TILES, "fp8_block": TILES,
+    "fp8_tensor": [dict(tile=t, warps=w) for t, w in ((4096, 4), (8192, 8), (16384, 8))],
+    "fp8_tile2d": [dict(warps=w) for w in (8, 16)],
+    "fp8_row": [dict(max_single=16384), dict(max_single=32768, max_warps=32, per_thread=32)],
+    "amax": [dict(block=b, iters=i, warps=w) for b, i, w in ((4096, 8, 8), (16384, 2, 16))],
+    "nvfp4_quant": TILES[:2],  # packed NVFP4 of an odd-width or misaligned tensor (no pair reads)
+}
+# Keys whose grid may run along the columns first ("order": "k"); --orders tries just that.
+ORDERED = ("nvfp4", "nvfp4_quant", "mx", "mx_quant", "fp4_pairs", "fp4_dequant", "fp8_block", "fp8_tile2d")
+
+
+def operations(x: torch.Tensor) -> dict:
+    """Kernel key -> the calls that time it (those of bench_gpu.py that use the key)."""
+    a = kernels.global_amax(x)
+    act = x.view(65536, 8192)
+    fq = kernels.fake_quant
+    q = kernels.quantize
+
+    def no_pairs(fn):
+        def run():
+            launch.PAIRS = False
+            try:
+                fn()
+            finally:
+                launch.PAIRS = True
+        return run
+
+    packed = {s: q(s, x, role="activation") for s in ("nvfp4", "mxfp4")}
+    return {
+        "nvfp4": [lambda: fq("nvfp4", x, amax=a, role="activation")],
+        "nvfp4_quant": [no_pairs(lambda: q("nvfp4", x, amax=a, role="activation"))],
+        "mx": [lambda: fq("mxfp8", x, role="activation"), lambda: fq("mxfp4", x, role="activation")],
+        "mx_quant": [lambda: q("mxfp8", x, role="activation"), no_pairs(lambda: q("mxfp4", x, role="activation"))],
+        "fp4_pairs": [lambda: q("nvfp4", x, amax=a, role="activation"), lambda: q("mxfp4", x, role="activation")],
+        "fp4_dequant": [lambda: kernels.dequantize(packed["nvfp4"], torch.bfloat16),
+                        lambda: kernels.dequantize(packed["mxfp4"], torch.bfloat16)],
+        "fp8_block": [lambda: fq("fp8_e4m3:block128", x, role="activation")],
+        "fp8_tensor": [lambda: fq("fp8_e4m3", x, amax=a, role="activation"),
+                       lambda: q("fp8_e4m3", x, amax=a, role="activation")],
+        "fp8_tile2d": [lambda: fq("fp8_e4m3:block128", x, role="weight")],
+        "fp8_row": [lambda: fq("fp8_e4m3:token", x, role="activation"), lambda: fq("fp8_e4m3:token", act),
+                    lambda: kernels.quantize_fp8_rowwise(act)],
+        "amax": [lambda: kernels.global_amax(x)],
+    }
+
+
+def tune(keys=None, rep=60, orders=False) -> dict:
+    import triton
+
+    torch.manual_seed(0)
+    x = torch.randn(16384, 32768, device="cuda", dtype=torch.bfloat16)
+    ops = operations(x)
+    best = {}
+    for key in keys or (ORDERED if orders else CANDIDATES):
+        times = []
+        current = tuning.config(key, x.device)
+        for cand in ([{**current, "order": o} for o in ("m", "k")] if orders else CANDIDATES[key]):
+            tuning.OVERRIDE[key] = cand
+            try:
+                t = sum(triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode="median") for fn in ops[key])
+            except Exception as e:  # a shape that does not compile or fit is skipped, not fatal
+                print(f"{key} {cand}: {type(e).__name__}: {str(e)[:120]}", flush=True)
+                continue
+            finally:
+                tuning.OVERRIDE.pop(key, None)
+            times.append((t, cand))
+            print(f"{key:12s} {json.dumps(cand):60s} {t:.4f} ms", flush=True)
+        t, cand = min(times, key=lambda tc: tc[0])
+        base = times[0][0]
+        print(f"-> {key}: {json.dumps(cand)} {t:.4f} ms ({base / t:.2f}x the first candidate)", flush=True)
+        best[key] = cand
+    return best
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--write", metavar="YAML", help="store the winners for this GPU in this kernels.yaml")
+    p.add_argument("--keys", help="comma-separated kernel keys (default: all)")
+    p.add_argument("--orders", action="store_true",
+                   help="keep each key's current shape and try only the grid order (rows first or columns first)")
+    args = p.parse_args(argv)
+    if not kernels.available():
+        print("needs CUDA and Triton", file=sys.stderr)
+        return 2
+    best = tune(args.keys.split(",") if args.keys else None, orders=args.orders)
+    name = torch.cuda.get_device_name()
+    print(yaml.safe_dump({"devices": {name: best}}, default_flow_style=None, sort_keys=False))
+    if args.write:
+        with open(args.write) as f:
+            text = f.read()
+        data = yaml.safe_load(text)
+        devices = data.get("devices") or {}
+        devices[name] = {**devices.get(name, {}), **best}
+        head = text.split("\ndefault:")[0]  # keep the comment block
+        body = yaml.safe_dump({"default": data["default"], "devices": devices}, default_flow_style=None,
+                              sort_keys=False, width=120)
+        with open(args.write, "w") as f:
+            f.write(head + "\n" + body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
