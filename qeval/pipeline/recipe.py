@@ -1,8 +1,7 @@
 """The recipe file: one model, its evaluation data, the policies to compare, the
 metrics and their sizes, lm-eval tasks, a gate, a hardware target and a seed.
-
-Validated with pydantic (unknown keys are errors, with a did-you-mean hint).
-Every problem is reported as one line that names the file and the field::
+Validated with pydantic (unknown keys are errors, with a did-you-mean hint); every
+problem is one line that names the file and the field::
 
     recipes/x.yaml: field 'metrics.perplexity.windw': unknown field (did you mean 'window'?)
 
@@ -81,8 +80,7 @@ class Metrics(_Strict):
     chunk: int = Field(256, ge=1)  # positions per step of log-softmax / KL (scratch memory)
     confidence: float = Field(0.95, ge=0.5, lt=1)  # of the intervals stored and shown (the gate has its own)
     bootstrap: int = Field(1000, ge=10)  # resamples of windows for the KL p99 interval (seeded with the recipe seed)
-    # where the baseline's log-probs wait for the policies (qeval.evaluate.baseline_store):
-    # auto = device memory when they fit beside a policy pass, else a float16 spill file
+    # where the baseline's log-probs wait (qeval.evaluate.baseline_store): auto = in memory if they fit
     baseline_store: Literal["auto", "device", "disk"] = "auto"
 
 
