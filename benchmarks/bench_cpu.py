@@ -1,12 +1,16 @@
 """CPU evaluation speed of each emulated policy as a share of the baseline's, in one run (issue 11).
 
     PYTHONPATH=. python benchmarks/bench_cpu.py [recipes/quickstart.yaml] [--tokens 1024] [--repeats 3]
+    PYTHONPATH=. python benchmarks/bench_cpu.py --random configs/models/smollm2-135m   # no model package, no text
 
 The recipe's model, text and windows; each policy quantized once (not timed),
 then its evaluation pass (forward, log-softmax, KL and top-1 against the
 baseline held in memory) timed alternately with the baseline's own pass, so
 that load on a shared machine hits both alike. Prints the median seconds and
 speed = baseline time / policy time (the target: >= 0.85 for every policy).
+``--random CONFIG_DIR`` builds the recipe's architecture from a config with
+seeded random float32 weights and random token ids instead (same shapes, so
+the same costs), for hosts without the model package or the text.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import statistics
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -25,10 +30,33 @@ from qeval.pipeline.runner import RunOptions, _prepare, apply_overrides
 from qeval.quantize import dequantize_model, quantize_model
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def timed(fn) -> float:
-    t = time.perf_counter()
+    t = clock()
     fn()
-    return time.perf_counter() - t
+    return clock() - t
+
+
+def _random_context(recipe, config_dir: str, tokens: int) -> SimpleNamespace:
+    """The recipe's windows over ``tokens`` random ids, a seeded random float32 model of ``config_dir``'s shape."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from qeval.evaluate.perplexity import sliding_windows
+
+    torch.manual_seed(recipe.seed)
+    config = AutoConfig.from_pretrained(config_dir)
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
+    ids = torch.randint(config.vocab_size, (tokens,))
+    ppl = recipe.metrics.perplexity
+    calib = None
+    if recipe.calibration is not None:
+        c = recipe.calibration
+        calib = [torch.randint(config.vocab_size, (1, c.seq_len)) for _ in range(c.n_batches)]
+    return SimpleNamespace(model=model, token_ids=ids, windows=sliding_windows(tokens, ppl.window, ppl.stride or ppl.window),
+                           calibration=calib)
 
 
 def main(argv=None) -> int:
@@ -38,11 +66,17 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--policies", help="comma-separated (default: the recipe's)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall time, or the process's CPU time (steadier on a machine shared with other jobs)")
+    p.add_argument("--random", metavar="CONFIG_DIR", help="random weights of this config's shape, random tokens")
     args = p.parse_args(argv)
+    global clock
+    clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     recipe, _ = load_recipe(args.recipe)
     apply_overrides(recipe, RunOptions(limit_tokens=args.tokens))
-    ctx = _prepare(recipe, None, RunOptions(progress=False), Shard())
+    ctx = _random_context(recipe, args.random, args.tokens) if args.random else \
+        _prepare(recipe, None, RunOptions(progress=False), Shard())
     store = DeviceSpill("cpu", "float32")
     chunk = recipe.metrics.chunk
 
@@ -71,7 +105,7 @@ def main(argv=None) -> int:
         rows.append((name, statistics.median(bt), statistics.median(qt), statistics.median(ratios), min(ratios)))
         print(rows[-1], flush=True)
     print(f"\n{recipe.name}: {len(ctx.token_ids)} tokens, {len(ctx.windows)} windows, {args.threads} threads, "
-          f"{args.repeats} alternating repeats")
+          f"{args.repeats} alternating repeats, {args.clock} clock")
     print("policy | baseline s (median) | policy s (median) | speed vs baseline (median of pairs) | worst pair")
     for n, b, q, r, lo in rows:
         print(f"{n} | {b:.2f} | {q:.2f} | {r:.2f}x | {lo:.2f}x")

@@ -12,6 +12,7 @@ from qeval.formats.elements import (
     e8m0_decode,
     e8m0_encode,
     pack_fp4,
+    round_fp8,
     unpack_fp4,
 )
 from refs import bits, e2m1, e4m3, e5m2
@@ -106,6 +107,47 @@ def test_fp8_casts_match_reference_on_dense_grid():
     assert torch.equal(bits(cast_fp8(v, torch.float8_e4m3fn).float()), bits(e4m3(v.double())))
     w = torch.cat([torch.linspace(-60000, 60000, 400_001), torch.logspace(-18, 4.7, 20_001)])
     assert torch.equal(bits(cast_fp8(w, torch.float8_e5m2).float()), bits(e5m2(w.double())))
+
+
+@pytest.mark.parametrize("dtype,ref,fmax", [(torch.float8_e4m3fn, e4m3, 448.0), (torch.float8_e5m2, e5m2, 57344.0)])
+def test_round_fp8_equals_the_cast_bit_for_bit(dtype, ref, fmax):
+    """round_fp8 (float32 arithmetic, the CPU fast path) against the float64 reference and the FP8 cast:
+    every value, every midpoint and its float32 neighbours, subnormals, signed zeros, saturation, fresh randoms."""
+    grid = all_fp8(dtype)
+    grid = grid[grid >= 0].unique()
+    mids = (grid[1:] + grid[:-1]) / 2
+    pts = torch.cat([grid, mids])
+    pts = torch.cat([pts, torch.nextafter(pts, torch.tensor(1e30)), torch.nextafter(pts, torch.tensor(-1e30))])
+    g = torch.Generator().manual_seed(torch.randint(1 << 30, ()).item())
+    rand = torch.randn(200_000, generator=g) * 10.0 ** torch.randint(-12, 6, (200_000,), generator=g).float()
+    tiny = torch.tensor([1e-45, 1e-40, 2.0**-126, -(2.0**-149), 0.0, -0.0])  # float32 subnormals, zeros
+    v = torch.cat([pts, -pts, rand, tiny, torch.tensor([fmax * 1.03, -fmax * 7, 3e38, -3e38])])
+    got = round_fp8(v, dtype)
+    assert torch.equal(bits(got), bits(ref(v.double())))
+    assert torch.equal(bits(got), bits(cast_fp8(v, dtype).float()))
+    special = torch.tensor([float("inf"), float("-inf"), float("nan")])
+    assert torch.equal(round_fp8(special, dtype).isnan(), cast_fp8(special, dtype).float().isnan())
+    assert torch.equal(round_fp8(special, dtype).nan_to_num(0.0), cast_fp8(special, dtype).float().nan_to_num(0.0))
+
+
+@pytest.mark.parametrize("spec", ["fp8_e4m3", "fp8_e4m3:channel", "fp8_e4m3:token", "fp8_e5m2", "fp8_e4m3:block128"])
+@pytest.mark.parametrize("role", ["weight", "activation"])
+def test_fp8_split_values_equal_the_decoded_gemm_split(spec, role):
+    """``split_values`` (no FP8 tensors) gives the codes and outer scales ``gemm_split(quantize(x))`` decodes to."""
+    g = torch.Generator().manual_seed(torch.randint(1 << 30, ()).item())
+    x = torch.randn(131, 300, generator=g) * 10.0 ** torch.randint(-8, 4, (131, 1), generator=g).float()
+    x[3, :5] = 0.0
+    x[7] = -0.0
+    x[9, 4] = float("nan")
+    fmt = get_format(spec)
+    inner, outer = fmt.gemm_split(fmt.quantize(x, role=role, nonfinite="propagate"))
+    codes, scale = fmt.split_values(x, role=role, nonfinite="propagate")
+    want = inner.data.float()[..., : x.shape[-1]]
+    assert codes.shape == x.shape and torch.equal(bits(codes.nan_to_num(0.0)), bits(want.nan_to_num(0.0)))
+    assert torch.equal(codes.isnan(), want.isnan())
+    assert torch.equal(scale, outer)
+    with pytest.raises(ValueError, match="non-finite"):
+        fmt.split_values(x, role=role)
 
 
 def test_fp8_cast_saturates_instead_of_nan():

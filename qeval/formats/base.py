@@ -142,6 +142,10 @@ class Format:
         x, amax = self._checked(x, amax, role, nonfinite)
         if x.is_cuda and (y := _kernel("fake_quant", self, x, amax, role)) is not None:
             return y
+        return self._fake_quant(x, amax, role)
+
+    def _fake_quant(self, x: torch.Tensor, amax: torch.Tensor | None, role: Role) -> torch.Tensor:
+        """The reference fake-quant; a format may compute the same bits without packing them."""
         return self._quantize(x, amax, role).dequantize(x.dtype)
 
     def _checked(self, x: torch.Tensor, amax, role: Role, nonfinite: NonFinite):

@@ -57,6 +57,32 @@ def cast_fp8(v: torch.Tensor, dtype: torch.dtype, finite: bool = False) -> torch
     return out.to(dtype)
 
 
+# (mantissa bits, exponent of the smallest normal) of each FP8 element
+_FP8_GRID = {torch.float8_e4m3fn: (3, -6), torch.float8_e5m2: (2, -14)}
+
+
+def round_fp8(v: torch.Tensor, dtype: torch.dtype, finite: bool = False) -> torch.Tensor:
+    """``cast_fp8(v, dtype).float()`` computed in float32 arithmetic, without the FP8 dtype.
+
+    CPU builds of torch convert FP8 to float32 one element at a time (several
+    times the cost of this function). Here each value's quantum is the power of
+    two ``2^(max(e, emin) - mantissa_bits)`` built from its float32 exponent
+    bits; dividing by it is exact and ``round`` is RNE, so the result has the
+    same bits as the cast (signed zeros, subnormals, saturation and NaN included).
+    """
+    mbits, emin = _FP8_GRID[dtype]
+    fmax = FP8_MAX[dtype]
+    out = v.clamp(-fmax, fmax)
+    quantum = ((out.view(torch.int32) & 0x7F800000).clamp_(min=(127 + emin) << 23) - (mbits << 23)).view(torch.float32)
+    out = torch.round(out / quantum).mul_(quantum)
+    if not finite:
+        inf = torch.isinf(v)
+        if inf.any():
+            keep = v if dtype == torch.float8_e5m2 else torch.full_like(v, float("nan"))
+            out = torch.where(inf, keep, out)
+    return out
+
+
 def e2m1_encode(v: torch.Tensor) -> torch.Tensor:
     """Round float32 ``v`` to E2M1 codes (uint8 0-15), RNE, saturating at +-6.
 

@@ -162,14 +162,15 @@ def epilogue_torch(acc: torch.Tensor, x_outer, w_outer, bias, out_dtype: torch.d
     """The definition of :func:`epilogue` in plain torch ops (the CPU path)."""
     if w_outer is not None and w_outer.dim() >= 1:
         w_outer = w_outer.reshape(1, -1)  # per output row of W -> per output column
+    # acc is the GEMM's own fresh output: scaled in place, no [M, N] temporaries
     if x_outer is not None and w_outer is not None and x_outer.numel() == 1 and w_outer.numel() == 1:
-        acc = acc * (x_outer * w_outer).reshape(())  # one FP32 alpha, as cuBLAS takes it
+        acc.mul_((x_outer * w_outer).reshape(()))  # one FP32 alpha, as cuBLAS takes it
     else:
         for s in (x_outer, w_outer):
             if s is not None:
-                acc = acc * s
+                acc.mul_(s)
     if bias is not None:
-        acc = acc + bias.float()
+        acc.add_(bias.float())
     return acc.to(out_dtype)
 
 
@@ -180,4 +181,7 @@ def act_operand(spec: str, x2: torch.Tensor, amax, dtype: torch.dtype) -> tuple[
         # MX has no outer scale: its inner operand is the fake-quantized value, exact in a BF16 / FP32
         # input's own dtype (see _EXACT_FOR_SAME_DTYPE); one fused kernel on CUDA
         return quantizer.fake_quant(fmt, x2, amax=amax, role="activation").to(dtype), None
+    if fmt.family == "fp8" and not x2.is_cuda and dtype == torch.float32:
+        # the codes as float32 numbers directly: a CPU decodes FP8 tensors one element at a time
+        return fmt.split_values(x2, amax=amax, role="activation", nonfinite="propagate")
     return operand(quantizer.quantize(fmt, x2, amax=amax, role="activation"), dtype, src=x2.dtype)
