@@ -162,16 +162,16 @@ def epilogue_torch(acc: torch.Tensor, x_outer, w_outer, bias, out_dtype: torch.d
     """The definition of :func:`epilogue` in plain torch ops (the CPU path)."""
     if w_outer is not None and w_outer.dim() >= 1:
         w_outer = w_outer.reshape(1, -1)  # per output row of W -> per output column
-    # acc is the GEMM's own fresh output: scaled in place, no [M, N] temporaries
     if x_outer is not None and w_outer is not None and x_outer.numel() == 1 and w_outer.numel() == 1:
-        acc.mul_((x_outer * w_outer).reshape(()))  # one FP32 alpha, as cuBLAS takes it
+        scales = [(x_outer * w_outer).reshape(())]  # one FP32 alpha, as cuBLAS takes it
     else:
-        for s in (x_outer, w_outer):
-            if s is not None:
-                acc.mul_(s)
+        scales = [s for s in (x_outer, w_outer) if s is not None]
+    out = acc
+    for i, s in enumerate(scales):  # one new [M, N] tensor, then in place (acc itself is left as it was)
+        out = out * s if i == 0 else out.mul_(s)
     if bias is not None:
-        acc.add_(bias.float())
-    return acc.to(out_dtype)
+        out = out + bias.float() if out is acc else out.add_(bias.float())
+    return out.to(out_dtype)
 
 
 def act_operand(spec: str, x2: torch.Tensor, amax, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
