@@ -152,8 +152,11 @@ def run_qeval(model, tok, text_path: Path, work: Path, tokens: int, window: int,
 
     rpath = work / f"scale-{store}.yaml"
     rpath.write_text(yaml.safe_dump(recipe))
-    qeval.models.resolve = lambda spec: None
+    import qeval.pipeline.preflight
+
+    qeval.models.resolve = lambda spec: qeval.models.Source(None, f"random-{work.name}", None)  # in memory only
     qeval.models.load_model = lambda spec: (model, tok)
+    qeval.pipeline.preflight.check = lambda *a, **k: []  # it reads the model's files; this model has none
     results_dir = work / f"results-{store}"
     results_dir.mkdir(exist_ok=True)
     poll = DirPeak(results_dir)
