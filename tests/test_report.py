@@ -285,6 +285,18 @@ def _console_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if ":CONSOLE" in line]
 
 
+def test_html_cells_put_the_spread_under_the_value():
+    """14 columns fit a 1280 px screen when each ± spread or recovery takes a second line in its cell."""
+    from qeval.results.document import _html_cell, to_html
+
+    assert _html_cell("23.11 ± 6.43") == '23.11<span class="pm">± 6.43</span>'
+    assert _html_cell("0.850±0.046 (100.0%)") == '0.850±0.046<span class="pm">(100.0%)</span>'
+    assert _html_cell("FAIL: ppl +%, KL mean") == "FAIL: ppl +%, KL mean" and _html_cell("-") == "-"
+    assert _html_cell("<b> ± &") == '&lt;b&gt;<span class="pm">± &amp;</span>'  # still escaped
+    page = to_html([("table", ["policy", "ppl"], [["nvfp4", "36.79 ± 14.48"]])], {}, "t")
+    assert '<td>36.79<span class="pm">± 14.48</span></td>' in page and "span.pm { display: block;" in page
+
+
 def test_a_missing_browser_skips_only_with_a_reason(monkeypatch):
     import sys
 
@@ -318,6 +330,7 @@ def test_html_report_renders_in_headless_chromium(tmp_path):
     assert 'src="data:image/png;base64,' in page and "<script" not in page
     assert not re.search(r'(?:src|href)="(?!data:)', page)
     assert "Verdict." in page and "GPU recommendation" in page and "<th>KV cache</th>" in page
+    assert '<span class="pm">(' in page  # recoveries (and spreads) on their own line: the table fits the window
     shot = tmp_path / "shot.png"
     log = _chromium((tmp_path / "report.html").as_uri(), shot, tmp_path)
     assert shot.is_file() and shot.stat().st_size > 10_000, log[-2000:]

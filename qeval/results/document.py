@@ -22,7 +22,8 @@ body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin:
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: .6em 0; font-size: 13px; }
 th, td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: right; white-space: nowrap; }
-th { background: #f3f5f7; } td:first-child, th:first-child { text-align: left; }
+th { background: #f3f5f7; white-space: normal; } td:first-child, th:first-child { text-align: left; }
+span.pm { display: block; font-size: 85%; color: #57606a; }
 td:last-child { white-space: normal; min-width: 7em; } div.wide { overflow-x: auto; }
 tr.fail td { background: #fdecec; } tr.pass td:last-child { color: #116329; font-weight: 600; }
 code { background: #f3f5f7; padding: 0 3px; border-radius: 3px; font-size: 90%; }
@@ -74,6 +75,17 @@ def _inline(text: str) -> str:
     return "".join(out)
 
 
+_SPREAD = re.compile(r" ± | \(")
+
+
+def _html_cell(text: str) -> str:
+    """A value over its spread or recovery (``23.11 ± 6.43`` in two lines): the wide tables fit a laptop screen."""
+    m = _SPREAD.search(text)
+    if m is None or m.start() == 0:
+        return html.escape(text)
+    return f'{html.escape(text[:m.start()])}<span class="pm">{html.escape(text[m.start() + 1:])}</span>'
+
+
 def _row_class(row: list[str]) -> str:
     last = row[-1] if row else ""
     return ' class="fail"' if last.startswith("FAIL") else ' class="pass"' if last == "PASS" else ""
@@ -101,7 +113,7 @@ def to_html(blocks: list[tuple], images: dict[str, bytes], title: str) -> str:
             body.append("<ul>" + "".join(items) + "</ul>")
         elif kind == "table":
             head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
-            rows = "".join(f"<tr{_row_class(r)}>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+            rows = "".join(f"<tr{_row_class(r)}>" + "".join(f"<td>{_html_cell(c)}</td>" for c in r) + "</tr>"
                            for r in block[2])
             body.append(f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
         elif kind == "img":
