@@ -167,8 +167,9 @@ def run_qeval(model, tok, text_path: Path, work: Path, tokens: int, window: int,
     return json.loads(Path(path).read_text()), poll.peak
 
 
-def first_quantize(model, tok, text_path: Path) -> str:
-    """Quantize + restore once per policy before the timed runs (compiles the kernels); their seconds."""
+def first_quantize(model, tok, text_path: Path, window: int = 2048) -> str:
+    """Quantize, one forward of a window, restore: once per policy before the timed runs, so that
+    every kernel (weight and activation quantizers, the epilogue) is compiled; their seconds."""
     from qeval.data import calibration_batches
     from qeval.quantize import dequantize_model, quantize_model
 
@@ -181,9 +182,13 @@ def first_quantize(model, tok, text_path: Path) -> str:
         quantize_model(model, name, calibration=calib, progress=False)
         _sync()
         t1 = time.perf_counter()
+        with torch.no_grad():  # the activation and epilogue kernels compile at their first call
+            model(calib[0][:, :1].repeat(1, window))
+        _sync()
+        t1, fwd = time.perf_counter(), time.perf_counter() - t1
         dequantize_model(model)
         _sync()
-        out.append(f"{name} {t1 - t:.2f} + {time.perf_counter() - t1:.2f} s")
+        out.append(f"{name} {t1 - fwd - t:.2f} + {time.perf_counter() - t1:.2f} s (first forward {fwd:.2f} s)")
     return ", ".join(out)
 
 
@@ -261,7 +266,7 @@ def main(argv=None) -> int:
             text_path.write_text(" ".join(f"w{i}" for i in words))
             ids = torch.tensor(words[: args.tokens])
             plain = plain_forward(model, ids, args.window)
-            cold = first_quantize(model, tok, text_path)
+            cold = first_quantize(model, tok, text_path, args.window)
             print(f"{size}: first quantize + dequantize in this process (Triton JIT included): {cold}", flush=True)
             for store in args.stores.split(","):
                 torch.cuda.empty_cache()

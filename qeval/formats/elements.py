@@ -61,26 +61,39 @@ def cast_fp8(v: torch.Tensor, dtype: torch.dtype, finite: bool = False) -> torch
 _FP8_GRID = {torch.float8_e4m3fn: (3, -6), torch.float8_e5m2: (2, -14)}
 
 
+def _round_grid(v: torch.Tensor, mbits: int, emin: int, vmax: float) -> torch.Tensor:
+    """RNE of float32 ``v`` to a minifloat grid (``mbits`` mantissa bits, smallest normal
+    ``2^emin``, subnormals below, saturating at +-vmax), as float32, NaN kept.
+
+    Each value's quantum is the power of two ``2^(max(e, emin) - mbits)`` built from
+    its float32 exponent bits; dividing by it is exact and ``round`` is RNE, so the
+    result has the bits of the element codec (signed zeros included).
+    """
+    out = v.clamp(-vmax, vmax)
+    quantum = ((out.view(torch.int32) & 0x7F800000).clamp_(min=(127 + emin) << 23) - (mbits << 23)).view(torch.float32)
+    return torch.round(out / quantum).mul_(quantum)
+
+
 def round_fp8(v: torch.Tensor, dtype: torch.dtype, finite: bool = False) -> torch.Tensor:
     """``cast_fp8(v, dtype).float()`` computed in float32 arithmetic, without the FP8 dtype.
 
     CPU builds of torch convert FP8 to float32 one element at a time (several
-    times the cost of this function). Here each value's quantum is the power of
-    two ``2^(max(e, emin) - mantissa_bits)`` built from its float32 exponent
-    bits; dividing by it is exact and ``round`` is RNE, so the result has the
-    same bits as the cast (signed zeros, subnormals, saturation and NaN included).
+    times the cost of this function).
     """
     mbits, emin = _FP8_GRID[dtype]
-    fmax = FP8_MAX[dtype]
-    out = v.clamp(-fmax, fmax)
-    quantum = ((out.view(torch.int32) & 0x7F800000).clamp_(min=(127 + emin) << 23) - (mbits << 23)).view(torch.float32)
-    out = torch.round(out / quantum).mul_(quantum)
+    out = _round_grid(v, mbits, emin, FP8_MAX[dtype])
     if not finite:
         inf = torch.isinf(v)
         if inf.any():
             keep = v if dtype == torch.float8_e5m2 else torch.full_like(v, float("nan"))
             out = torch.where(inf, keep, out)
     return out
+
+
+def round_e2m1(v: torch.Tensor) -> torch.Tensor:
+    """``e2m1_decode(e2m1_encode(v))`` for finite or NaN float32 ``v`` (NaN stays NaN), in
+    float32 arithmetic: no codes, no table lookup."""
+    return _round_grid(v, 1, 0, E2M1_MAX)
 
 
 def e2m1_encode(v: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .base import Format, NonFinite, QTensor, Role, blocks_of, crop_last, finite_abs, pad_last
+from .base import Format, QTensor, Role, blocks_of, crop_last, finite_abs, pad_last
 from .elements import FP8_DTYPES, FP8_MAX, cast_fp8, div, round_fp8
 
 BLOCK = 128
@@ -82,16 +82,8 @@ class FP8Format(Format):
         y, _, expanded, _, finite = self._scaled(x, amax, role)
         return crop_last(round_fp8(y, self.dtype, finite).mul_(expanded), x.shape).to(x.dtype)
 
-    def split_values(
-        self, x: torch.Tensor, *, amax: torch.Tensor | float | None = None, role: Role = "weight",
-        nonfinite: NonFinite = "raise",
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``gemm_split(quantize(x))`` with the codes as float32 values: ``(codes, outer scale)``.
-
-        Computed in float32 arithmetic (``round_fp8``): the same numbers as
-        decoding the FP8 codes, at a fraction of the cost on a CPU.
-        """
-        x, amax = self._checked(x, amax, role, nonfinite)
+    def _split_values(self, x: torch.Tensor, amax: torch.Tensor | None, role: Role):
+        # the codes as float32 numbers without FP8 tensors (slow to decode on a CPU)
         y, scale, _, _, finite = self._scaled(x, amax, role)
         return crop_last(round_fp8(y, self.dtype, finite), x.shape), self._outer(scale, role, x)
 

@@ -181,7 +181,8 @@ def act_operand(spec: str, x2: torch.Tensor, amax, dtype: torch.dtype) -> tuple[
         # MX has no outer scale: its inner operand is the fake-quantized value, exact in a BF16 / FP32
         # input's own dtype (see _EXACT_FOR_SAME_DTYPE); one fused kernel on CUDA
         return quantizer.fake_quant(fmt, x2, amax=amax, role="activation").to(dtype), None
-    if fmt.family == "fp8" and not x2.is_cuda and dtype == torch.float32:
-        # the codes as float32 numbers directly: a CPU decodes FP8 tensors one element at a time
+    if fmt.family in ("fp8", "nvfp4") and not x2.is_cuda and dtype == torch.float32:
+        # the inner operand as float32 numbers directly: on a CPU, packing codes and decoding them
+        # (FP8 element by element, E2M1 through a table) costs more than the GEMM's own overhead
         return fmt.split_values(x2, amax=amax, role="activation", nonfinite="propagate")
     return operand(quantizer.quantize(fmt, x2, amax=amax, role="activation"), dtype, src=x2.dtype)
