@@ -53,7 +53,8 @@ def test_float16_spill_adds_under_half_a_percent_to_kl(tmp_path):
     assert abs(got.mean() - ref.mean()) / ref.mean() < 5e-3
     assert (got - ref).abs().max() < 2e-3
     raw = _kl64(lp.float().half().double(), lq)  # rounded, not renormalised
-    assert abs(raw.mean() - ref.mean()) > abs(got.mean() - ref.mean())
+    # per row (a mean over rows can cancel): the unrenormalised error is an order of magnitude larger
+    assert (raw - ref).abs().mean() > 3 * (got - ref).abs().mean()
     assert (tmp_path / "s.npy").stat().st_size <= spill_bytes(96, 32768, "float16")
 
 
