@@ -159,6 +159,15 @@ def test_sensitivity_equals_qeval_run_of_the_one_group_policy(tiny, tmp_path, gr
     measured = res["policies"][0]["metrics"]["kl_mean"]
     assert measured > 0
     assert doc["scores"][group][fmt]["kl_mean"] == pytest.approx(measured, rel=1e-6)
+    # and its stderr is the run's window-level one: the half-width of the stored interval over t(k-1)
+    from scipy.stats import t
+
+    ci = res["policies"][0]["metrics"]["ci"]
+    lo, hi = ci["kl_mean"]
+    k = ci["windows"]
+    assert k >= 2
+    se = (hi - lo) / 2 / t.ppf(0.5 + ci["confidence"] / 2, k - 1)
+    assert doc["scores"][group][fmt]["kl_stderr"] == pytest.approx(se, rel=1e-6)
 
 
 def test_searched_policy_loads_and_plans_to_the_chosen_formats(tiny, tmp_path):
