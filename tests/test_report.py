@@ -358,3 +358,17 @@ def test_pareto_keeps_a_policy_on_the_baseline_visible(tmp_path):
     res["policies"][0]["gate"]["passed"] = False
     img = _plot_pixels(pareto_plot(res, tmp_path / "q.png"))
     assert not ((img[..., 1] > 0.4) & (img[..., 0] < 0.35) & (img[..., 2] < 0.35)).any()  # colour follows the gate
+
+
+def test_compute_path_line_explains_only_the_paths_used():
+    from qeval.results.report import report_markdown
+
+    def line(results):
+        return next(ln for ln in report_markdown(results).splitlines() if "Compute path" in ln)
+
+    res = _example()
+    exact = line(res)
+    assert exact.count("emulate (exact)") == 1 and "fake_quant" not in exact and "FP32 accumulation" in exact
+    res["policies"][0]["emulation"] = "fake_quant"
+    both = line(res)
+    assert both.count("emulate (exact)") == 1 and both.count("emulate (fake_quant)") == 1 and "dequantize" in both

@@ -85,10 +85,11 @@ def _gate_blocks(results: dict) -> list[tuple]:
     return blocks + [("ul", items)]
 
 
-_MODE_NOTE = (
-    "emulate (exact) = codes x block scales multiplied exactly, FP32 accumulation, per-tensor / per-row scales "
-    "on the output, as the tensor core computes; emulate (fake_quant) = dequantize, then a float matmul"
-)
+_MODE_NOTES = {  # what each compute path means, said once for the paths a run used
+    "emulate (exact)": "codes x block scales multiplied exactly, FP32 accumulation, per-tensor / per-row scales "
+                       "on the output, as the tensor core computes",
+    "emulate (fake_quant)": "dequantize, then a float matmul",
+}
 
 
 def _mode(entry: dict) -> str:
@@ -140,7 +141,7 @@ def _provenance(results: dict) -> list[str]:
                 lines.append(f"{what}: `{json.dumps(data[key], sort_keys=True)}`")
     modes = sorted({_mode(p) for p in results.get("policies") or [] if p.get("mode")})
     if modes:
-        lines.append(f"Compute path: {', '.join(modes)} ({_MODE_NOTE})")
+        lines.append("Compute path: " + "; ".join(f"{m} ({_MODE_NOTES[m]})" if m in _MODE_NOTES else m for m in modes))
     return lines
 
 
