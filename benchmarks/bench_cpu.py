@@ -31,10 +31,9 @@ from qeval.quantize import dequantize_model, quantize_model
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-clock = CLOCKS["wall"]
 
 
-def timed(fn) -> float:
+def timed(fn, clock=time.perf_counter) -> float:
     t = clock()
     fn()
     return clock() - t
@@ -70,7 +69,6 @@ def main(argv=None) -> int:
                    help="wall time, or the process's CPU time (steadier on a machine shared with other jobs)")
     p.add_argument("--random", metavar="CONFIG_DIR", help="random weights of this config's shape, random tokens")
     args = p.parse_args(argv)
-    global clock
     clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     recipe, _ = load_recipe(args.recipe)
@@ -95,10 +93,10 @@ def main(argv=None) -> int:
         fn()  # warm-up
         qt, bt = [], []
         for _ in range(args.repeats):
-            qt.append(timed(fn))
+            qt.append(timed(fn, clock))
             dequantize_model(ctx.model)
             bt.append(timed(lambda: lm_pass(ctx.model, ctx.token_ids, ctx.windows, store, baseline=False,
-                                            chunk=chunk, progress=False)))
+                                            chunk=chunk, progress=False), clock))
             quantize_model(ctx.model, source, mode=recipe.mode, calibration=ctx.calibration, progress=False)
         dequantize_model(ctx.model)
         ratios = [b / q for b, q in zip(bt, qt)]

@@ -17,7 +17,6 @@ a run that cannot hold the store stops before any model work.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -115,14 +114,9 @@ def device_free_bytes(device) -> int:
 
 
 def host_available_bytes() -> int:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")  # free pages only: a lower bound
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 def disk_free_bytes(path: Path) -> int:

@@ -48,13 +48,16 @@ def cast_fp8(v: torch.Tensor, dtype: torch.dtype, finite: bool = False) -> torch
     """
     fmax = FP8_MAX[dtype]
     out = v.clamp(-fmax, fmax)
-    if finite:
-        return out.to(dtype)
+    return (out if finite else _fp8_inf(v, out, dtype)).to(dtype)
+
+
+def _fp8_inf(v: torch.Tensor, out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``out`` (v clamped) with v's Inf restored: NaN in E4M3 (it has no Inf), Inf in E5M2."""
     inf = torch.isinf(v)
     if inf.any():
         keep = v if dtype == torch.float8_e5m2 else torch.full_like(v, float("nan"))
         out = torch.where(inf, keep, out)
-    return out.to(dtype)
+    return out
 
 
 # (mantissa bits, exponent of the smallest normal) of each FP8 element
@@ -82,12 +85,7 @@ def round_fp8(v: torch.Tensor, dtype: torch.dtype, finite: bool = False) -> torc
     """
     mbits, emin = _FP8_GRID[dtype]
     out = _round_grid(v, mbits, emin, FP8_MAX[dtype])
-    if not finite:
-        inf = torch.isinf(v)
-        if inf.any():
-            keep = v if dtype == torch.float8_e5m2 else torch.full_like(v, float("nan"))
-            out = torch.where(inf, keep, out)
-    return out
+    return out if finite else _fp8_inf(v, out, dtype)
 
 
 def round_e2m1(v: torch.Tensor) -> torch.Tensor:

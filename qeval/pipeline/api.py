@@ -123,7 +123,7 @@ def evaluate(
     options = RunOptions(progress=progress, print_table=False)
     shard = Shard()
     with tempfile.TemporaryDirectory(prefix="qeval-evaluate-") as tmp:
-        spill = passes.spill_for(Path(tmp), None, shard, ctx)
+        spill = passes.spill_for(Path(tmp), shard, ctx)
         seed_everything(seed)
         base = {**passes.evaluate_baseline(recipe, ctx, spill, shard, options), "name": "baseline"}
         ctx.model = model

@@ -41,7 +41,7 @@ def _policy_reserve(model, device, max_rows: int, vocab: int) -> int:
     return weights + 4 * max_rows * vocab * 4
 
 
-def spill_for(run_path: Path, rundir, shard: Shard, ctx, inputs: str | None = None, prefer: str = "auto"):
+def spill_for(run_path: Path, shard: Shard, ctx, inputs: str | None = None, prefer: str = "auto"):
     """This process's baseline store (device memory or a float16 spill file), checked for room first.
 
     ``inputs``: the hash of the baseline's inputs (``qeval.pipeline.depends.key``), which keys a spill

@@ -305,7 +305,7 @@ def _evaluate_all(recipe, ctx: Context, selected, run_path: Path, rundir, finish
     done_names = [n for n, _ in selected if n in finished]
     if shard.rank == 0 and done_names:
         print(f"qeval: resuming {rundir.path}: reusing {', '.join(done_names)}", file=sys.stderr)
-    spill = passes.spill_for(run_path, rundir, shard, ctx, depends.key(wanted["baseline"]),
+    spill = passes.spill_for(run_path, shard, ctx, depends.key(wanted["baseline"]),
                              prefer=recipe.metrics.baseline_store)
     clock = progress.Clock(len(todo) + ("baseline" not in finished)) if options.progress else None  # None: no step lines
     step = 0

@@ -166,9 +166,9 @@ def epilogue_torch(acc: torch.Tensor, x_outer, w_outer, bias, out_dtype: torch.d
         scales = [(x_outer * w_outer).reshape(())]  # one FP32 alpha, as cuBLAS takes it
     else:
         scales = [s for s in (x_outer, w_outer) if s is not None]
-    out = acc
-    for i, s in enumerate(scales):  # one new [M, N] tensor, then in place (acc itself is left as it was)
-        out = out * s if i == 0 else out.mul_(s)
+    out = acc  # the first op makes one new [M, N] tensor, the rest work in place: acc is left as it was
+    for s in scales:
+        out = out * s if out is acc else out.mul_(s)
     if bias is not None:
         out = out + bias.float() if out is acc else out.add_(bias.float())
     return out.to(out_dtype)
