@@ -231,12 +231,14 @@ def crop_last(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 
 def block_max(a: torch.Tensor) -> torch.Tensor:
-    """``a.amax(-1)`` for a power-of-two last dim (a block), NaN propagating: by halving with
-    ``torch.maximum``, about twice as fast as the reduction kernel on a CPU for 16 or 32."""
-    while a.shape[-1] > 1:
-        half = a.shape[-1] // 2
-        a = torch.maximum(a[..., :half], a[..., half:])
-    return a.squeeze(-1)
+    """``a.amax(-1)`` for a contiguous ``[.., blocks, B]`` (NaN propagating), as a max-pool of
+    window B over each row: several times faster on a CPU than the reduction kernel, or than
+    halving with ``torch.maximum`` (strided views of a short last dim vectorize badly)."""
+    b = a.shape[-1]
+    row = b * a.shape[-2] if a.dim() >= 2 else b
+    if a.numel() == 0 or not a.is_contiguous():
+        return a.amax(-1)
+    return torch.nn.functional.max_pool1d(a.reshape(-1, 1, row), b, b).reshape(a.shape[:-1])
 
 
 def finite_abs(x: torch.Tensor) -> torch.Tensor:

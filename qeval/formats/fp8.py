@@ -79,13 +79,13 @@ class FP8Format(Format):
 
     def _fake_quant(self, x: torch.Tensor, amax: torch.Tensor | None, role: Role) -> torch.Tensor:
         # the same bits as the codes decoded and scaled, without FP8 tensors (slow to decode on a CPU)
-        y, _, expanded, _, finite = self._scaled(x, amax, role)
-        return crop_last(round_fp8(y, self.dtype, finite).mul_(expanded), x.shape).to(x.dtype)
+        y, _, expanded, _, finite = self._scaled(x, amax, role)  # y: a new tensor, rounded in place
+        return crop_last(round_fp8(y, self.dtype, finite, inplace=True).mul_(expanded), x.shape).to(x.dtype)
 
     def _split_values(self, x: torch.Tensor, amax: torch.Tensor | None, role: Role):
         # the codes as float32 numbers without FP8 tensors (slow to decode on a CPU)
-        y, scale, _, _, finite = self._scaled(x, amax, role)
-        return crop_last(round_fp8(y, self.dtype, finite), x.shape), self._outer(scale, role, x)
+        y, scale, _, _, finite = self._scaled(x, amax, role)  # y: a new tensor, rounded in place
+        return crop_last(round_fp8(y, self.dtype, finite, inplace=True), x.shape), self._outer(scale, role, x)
 
     def _block_amax(self, xp: torch.Tensor, role: Role) -> torch.Tensor:
         a = finite_abs(xp)

@@ -133,6 +133,8 @@ def gemm(
             if out is not None:
                 return out
         acc = _mm32(x_op, w_op)
+    if not acc.is_cuda:  # acc is a new tensor: on a CPU a new [M, N] one costs more than the pass itself
+        return epilogue_torch(acc, x_outer, w_outer, bias, out_dtype, inplace=True)
     return epilogue(acc, x_outer, w_outer, bias, out_dtype)
 
 
@@ -158,19 +160,19 @@ def epilogue(acc: torch.Tensor, x_outer, w_outer, bias, out_dtype: torch.dtype) 
     return epilogue_torch(acc, x_outer, w_outer, bias, out_dtype)
 
 
-def epilogue_torch(acc: torch.Tensor, x_outer, w_outer, bias, out_dtype: torch.dtype) -> torch.Tensor:
-    """The definition of :func:`epilogue` in plain torch ops (the CPU path)."""
+def epilogue_torch(acc: torch.Tensor, x_outer, w_outer, bias, out_dtype: torch.dtype, inplace: bool = False) -> torch.Tensor:
+    """The definition of :func:`epilogue` in plain torch ops (the CPU path); ``inplace``: it may overwrite ``acc``."""
     if w_outer is not None and w_outer.dim() >= 1:
         w_outer = w_outer.reshape(1, -1)  # per output row of W -> per output column
     if x_outer is not None and w_outer is not None and x_outer.numel() == 1 and w_outer.numel() == 1:
         scales = [(x_outer * w_outer).reshape(())]  # one FP32 alpha, as cuBLAS takes it
     else:
         scales = [s for s in (x_outer, w_outer) if s is not None]
-    out = acc  # the first op makes one new [M, N] tensor, the rest work in place: acc is left as it was
+    out = acc  # the first op makes one new [M, N] tensor (none if inplace), the rest work in place
     for s in scales:
-        out = out * s if out is acc else out.mul_(s)
+        out = out * s if out is acc and not inplace else out.mul_(s)
     if bias is not None:
-        out = out + bias.float() if out is acc else out.add_(bias.float())
+        out = out + bias.float() if out is acc and not inplace else out.add_(bias.float())
     return out.to(out_dtype)
 
 

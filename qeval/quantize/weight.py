@@ -33,6 +33,30 @@ from qeval.formats import QTensor, get_format
 from . import gemm, native, quantizer
 
 
+# The latest CPU activation operand and what it was computed from. q/k/v (and gate/up) projections read one
+# input tensor with one format and, calibrated on that same input, one amax: they share its quantization.
+_LAST_ACT: list = [None]
+
+
+def _cpu_act_operand(spec: str, x2: torch.Tensor, amax: torch.Tensor | None):
+    """``gemm.act_operand(spec, x2, amax, float32)``, reused when the previous call had the same input.
+
+    The same input: the same memory (held here, so no other tensor can take its place) with the same
+    version counter (bumped by any in-place change), shape, strides and dtype; the same spec and amax value.
+    """
+    if x2.is_inference():  # no version counter: never reused
+        return gemm.act_operand(spec, x2, amax, torch.float32)
+    key = (spec, x2.data_ptr(), x2.shape, x2.stride(), x2.dtype, x2._version)
+    last = _LAST_ACT[0]
+    if last is not None and last[0] == key and (
+        (amax is None and last[2] is None) or (amax is not None and last[2] is not None and torch.equal(amax, last[2]))
+    ):
+        return last[3]
+    out = gemm.act_operand(spec, x2, amax, torch.float32)
+    _LAST_ACT[0] = (key, x2, None if amax is None else amax.clone(), out)
+    return out
+
+
 class QuantWeight(nn.Module):
     def __init__(
         self, w_gemm: torch.Tensor, weights: str | None, activations: str | None, act_scale: str, name: str,
@@ -133,9 +157,10 @@ class QuantWeight(nn.Module):
         w_outer = None if outer is None else outer[e]
         if self.activations is None:
             x_op, x_outer = x2, None
+        elif x.is_cuda:
+            x_op, x_outer = gemm.act_operand(self.activations, x2, self._amax(), w_op.dtype)
         else:  # on the CPU the GEMM runs in float32 anyway: no cast to the weight's dtype
-            dt = w_op.dtype if x.is_cuda else torch.float32
-            x_op, x_outer = gemm.act_operand(self.activations, x2, self._amax(), dt)
+            x_op, x_outer = _cpu_act_operand(self.activations, x2, self._amax())
         out = gemm.gemm(x_op, x_outer, w_op, w_outer, bias, x.dtype)
         return out.reshape(*x.shape[:-1], n)
 
