@@ -49,7 +49,8 @@ def e2m1(v):
 def fp8_ref(x: torch.Tensor, groups_amax: torch.Tensor, fmax: float, rounder) -> torch.Tensor:
     """x_hat for FP8 with decode scale amax / fmax (amax broadcast to x)."""
     x64 = x.to(F64)
-    s = torch.where(groups_amax == 0, torch.ones_like(groups_amax), f32(groups_amax / fmax))
+    s = f32(groups_amax / fmax)
+    s = torch.where(s == 0, torch.ones_like(s), s)  # amax 0, or a quotient below float32's range
     q = rounder(f32(x64 / s))
     return f32(q * s)
 
@@ -58,7 +59,8 @@ def nvfp4_ref(x: torch.Tensor, amax: float | None = None):
     """(x_hat, block_scale float64, global scale float64) for 2-D x with K % 16 == 0."""
     x64 = x.to(F64)
     a = x64.abs().max() if amax is None else torch.tensor(amax, dtype=F64)
-    s_g = torch.where(a == 0, torch.ones_like(a), f32(a / 2688.0))
+    s_g = f32(a / 2688.0)
+    s_g = torch.where(s_g == 0, torch.ones_like(s_g), s_g)  # amax 0, or a quotient below float32's range
     blocks = x64.reshape(*x64.shape[:-1], -1, 16)
     ab = blocks.abs().amax(-1)
     s_b = f32(ab / f32(6.0 * s_g))
@@ -132,7 +134,8 @@ def gemm_parts(spec: str, x: torch.Tensor, role: str = "weight", amax: float | N
     if spec == "nvfp4":
         xp = _pad_k(x64, 16)
         a = xp.abs().max() if amax is None else torch.tensor(amax, dtype=F64)
-        s_g = torch.where(a == 0, torch.ones_like(a), f32(a / 2688.0))
+        s_g = f32(a / 2688.0)
+        s_g = torch.where(s_g == 0, torch.ones_like(s_g), s_g)  # amax 0, or a quotient below float32's range
         blocks = xp.reshape(r, -1, 16)
         s_b = f32(blocks.abs().amax(-1) / f32(6.0 * s_g))
         s_b = e4m3(torch.where(s_b == 0, torch.ones_like(s_b), s_b).clamp(2.0**-9, 448.0)).unsqueeze(-1)
@@ -153,5 +156,6 @@ def gemm_parts(spec: str, x: torch.Tensor, role: str = "weight", amax: float | N
         else:
             a = xp.abs().reshape(r, kb, 128).amax(-1)
         groups = a.repeat_interleave(128, -1)[:, :k]
-    s = torch.where(groups == 0, torch.ones_like(groups), f32(groups / fmax))
+    s = f32(groups / fmax)
+    s = torch.where(s == 0, torch.ones_like(s), s)  # amax 0, or a quotient below float32's range
     return rounder(f32(x64 / s)), s

@@ -120,3 +120,20 @@ def test_odd_shapes_pad_and_crop(shape, spec):
     k = math.ceil(shape[-1] / fmt.block) * fmt.block
     xp = torch.nn.functional.pad(x, (0, k - shape[-1]))
     assert torch.equal(bits(fmt.quantize(xp).dequantize()[..., : shape[-1]]), bits(out))
+
+
+@pytest.mark.parametrize("spec", ["nvfp4", "fp8_e4m3", "fp8_e4m3:token", "fp8_e5m2", "fp8_e4m3:block128"])
+def test_scale_that_underflows_is_one(spec):
+    """An amax so small that amax / fmax rounds to 0 in float32 gets scale 1 (as amax 0 does):
+    no 0/0 quotients, fake_quant equals quantize + dequantize, and both equal the float64 reference."""
+    x = torch.tensor([1.4e-45, -1.4e-45, 0.0, -0.0, 2.8e-45, 0.0, 1.4e-45, 4.2e-45] * 16).reshape(4, 32)
+    fmt = get_format(spec)
+    fq = fmt.fake_quant(x, role="activation")
+    assert torch.isfinite(fq).all()
+    assert torch.equal(bits(fq), bits(fmt.quantize(x, role="activation").dequantize()))
+    from refs import gemm_parts
+
+    inner, outer = gemm_parts(spec, x, role="activation")
+    assert (outer == 1).all()
+    assert torch.equal(bits(fq), bits((inner * outer).to(torch.float32)))
+    assert (fq == 0).all()  # every value is far below half the smallest step at scale 1

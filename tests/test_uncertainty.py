@@ -158,6 +158,39 @@ def test_p99_window_bootstrap_covers_and_is_deterministic():
     assert 0.8 <= hits / reps <= 0.99, hits / reps
 
 
+def test_p99_bootstrap_equals_pooling_every_replicate():
+    """The tail-only ranking gives each pooled resample's linear-rule percentile exactly (the
+    partition of the pooled values, as before the tail ranking) and numpy's to rounding:
+    fresh draws with ties, NaN, empty and all-zero windows, several q (the cut-too-high
+    fallback included: q 0 and 50)."""
+    from qeval.uncertainty import _percentile
+
+    rng = np.random.default_rng()
+    for trial in range(150):
+        k = int(rng.integers(1, 10))
+        q = float(rng.choice([99.0, 99.9, 95.0, 50.0, 0.0, 100.0]))
+        windows = []
+        for _ in range(k):
+            w = rng.gamma(0.5, 0.3, int(rng.integers(0, 200)))
+            if rng.random() < 0.3:
+                w = np.round(w, 1)  # ties
+            if rng.random() < 0.15 and w.size:
+                w[rng.integers(0, w.size)] = np.nan
+            if rng.random() < 0.1:
+                w[:] = 0.0
+            windows.append(w.astype(np.float32))
+        if sum(w.size for w in windows) == 0:
+            continue
+        seed = int(rng.integers(0, 2**31))
+        draws = np.random.default_rng(seed).integers(0, k, size=(40, k))  # the function's own draws
+        pooled = [np.concatenate([windows[i].astype(np.float64) for i in row]) for row in draws]
+        want = np.sort([_percentile(x, q) for x in pooled])
+        got = bootstrap_quantile(windows, q, 40, seed)
+        assert np.array_equal(got, want, equal_nan=True), (trial, q, got[:4], want[:4])
+        if not any(np.isnan(x).any() or x.size == 0 for x in pooled):  # np.percentile is NaN wherever a NaN is pooled
+            assert np.allclose(got, np.sort([np.percentile(x, q) for x in pooled]), rtol=1e-12, atol=1e-15)
+
+
 def test_bootstrap_levels_interpolate_and_clamp():
     reps = np.linspace(0.0, 1.0, 1001)
     summary = bootstrap_summary(reps)

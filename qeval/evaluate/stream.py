@@ -21,7 +21,7 @@ import torch
 from qeval.uncertainty import bootstrap_interval, bootstrap_quantile, bootstrap_summary, exp_interval, ratio_estimate
 
 from .divergence import BaselineSpill, kl_rows, percentile
-from .perplexity import Window, log_softmax_rows, nll_sum, window_logits
+from .perplexity import Window, log_softmax_rows, window_logits
 
 
 @dataclass
@@ -122,23 +122,64 @@ def windows_key(token_ids: torch.Tensor, windows: list[Window]) -> str:
     return h.hexdigest()
 
 
+class _Readback:
+    """One window's sums, copied to the host without waiting: ``stats()`` waits for them.
+
+    The sums are computed on the device and copied out with non-blocking copies
+    behind an event, so the host can queue the next window's forward while the
+    device still works on this one (a host sync per window leaves the GPU idle
+    while the host launches the next window's kernels).
+    """
+
+    def __init__(self, index: int, n: int, sums: torch.Tensor, kl: torch.Tensor | None):
+        self.index, self.n = index, n
+        if sums.is_cuda:
+            self.sums = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=True)
+            self.sums.copy_(sums, non_blocking=True)
+            self.kl = None if kl is None else torch.empty(kl.shape, dtype=kl.dtype, pin_memory=True)
+            if kl is not None:
+                self.kl.copy_(kl, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream(sums.device))
+        else:
+            self.sums, self.kl, self.event = sums, kl, None
+
+    def stats(self) -> WindowStats:
+        if self.event is not None:
+            self.event.synchronize()
+        nll, kl_sum, top1, nonfinite = self.sums.tolist()
+        out = WindowStats(self.index, nll, self.n, nonfinite=int(nonfinite))
+        if self.kl is not None:
+            out.kl_sum, out.top1, out.kl_values = kl_sum, int(top1), self.kl.numpy()
+        return out
+
+
 @torch.no_grad()
 def local_pass(model, token_ids, windows, spill, *, baseline, device=None, shard=Shard(), chunk=256,
                desc="eval", progress=True, stop=None) -> list[WindowStats]:
-    """This process's share of ``lm_pass``: stats of its windows, not gathered."""
+    """This process's share of ``lm_pass``: stats of its windows, not gathered.
+
+    Each window's sums are read back after the next window is queued (``_Readback``);
+    with ``stop``, the window queued past the stopping point is dropped, so the
+    result is the same as reading every window back at once.
+    """
     mine = shard.take(windows)
     rows = {w.index: w.n_targets for w in mine}
     local: list[WindowStats] = []
     if not baseline:
         spill.open_read(rows)
     opened = False
+    pending: _Readback | None = None
     for w in _progress(mine, desc, len(mine), progress and shard.rank == 0):
         logits = window_logits(model, token_ids, w, device)
         logq = log_softmax_rows(logits, chunk)
         del logits
         targets = token_ids[w.first_target : w.stop_target]
-        stats = WindowStats(w.index, nll_sum(logq, targets), w.n_targets)
+        nll = -logq.gather(1, targets.to(logq.device).view(-1, 1)).squeeze(1).double().sum()
         finite = torch.isfinite(logq).all(-1)
+        kl = None
+        zero = torch.zeros((), dtype=torch.float64, device=logq.device)
+        kl_sum = top1 = zero
         if baseline:
             if not opened:  # the vocabulary size is known only now
                 spill.open_write(rows, logq.shape[-1])
@@ -150,14 +191,18 @@ def local_pass(model, token_ids, windows, spill, *, baseline, device=None, shard
             kl = kl_rows(logp, logq, chunk)
             # a NaN row is no match and no small divergence: KL NaN, top-1 miss (argmax of two NaN rows agrees)
             kl = torch.where(finite, kl, torch.full_like(kl, math.nan))
-            stats.kl_sum = float(kl.double().sum())
+            kl_sum = kl.double().sum()
             # the store keeps the baseline's argmax from before any rounding: top-1 is exact
-            stats.top1 = int(((spill.argmax(w.index, logq.device) == logq.argmax(-1)) & finite).sum())
-            stats.kl_values = kl.cpu().numpy()
-        stats.nonfinite = int((~finite).sum())
-        local.append(stats)
-        if stop is not None and stop(local):
-            break
+            top1 = ((spill.argmax(w.index, logq.device) == logq.argmax(-1)) & finite).sum().double()
+        sums = torch.stack([nll, kl_sum, top1, (~finite).sum().double()])
+        if pending is not None:
+            local.append(pending.stats())
+            if stop is not None and stop(local):
+                pending = None  # this window is past the stopping point
+                break
+        pending = _Readback(w.index, w.n_targets, sums, kl)
+    if pending is not None:
+        local.append(pending.stats())
     if baseline:
         if not opened:  # a process with no windows still leaves a valid (empty) spill
             spill.open_write({}, 1)

@@ -1,6 +1,6 @@
 """FP8 E4M3 / E5M2 with float32 decode scales: per tensor, per row, or 128-blocks.
 
-qeval rule (formats.md): ``s = amax / fp8_max`` (1 when amax == 0),
+qeval rule (formats.md): ``s = amax / fp8_max`` (1 when that is 0: amax 0, or under 2^-149 x fp8_max),
 ``q = fp8(clamp(x / s, -max, max))``, ``x_hat = fp32(q) * s``.
 """
 
@@ -20,7 +20,8 @@ BLOCK = 128
 def decode_scale(amax: torch.Tensor, fmax: float) -> torch.Tensor:
     """``amax / fmax`` in float32, with 1.0 where amax is 0."""
     amax = amax.float()
-    return torch.where(amax == 0, torch.ones_like(amax), div(amax, fmax))
+    s = div(amax, fmax)
+    return torch.where(s == 0, torch.ones_like(s), s)  # amax 0, or so small that the quotient underflows
 
 
 def _abs_max(xf: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, bool]:

@@ -1,7 +1,7 @@
 """NVFP4: E2M1 elements in 16-blocks, E4M3 block scales, one float32 global scale.
 
 qeval rule (formats.md, the Model Optimizer NVFP4 export convention):
-``s_g = amax / (6 * 448)`` (1 when amax == 0);
+``s_g = amax / (6 * 448)`` (1 when that is 0: amax 0, or under 2^-149 x 2688);
 ``s_b = e4m3(clamp(amax_block / (6 * s_g), 2^-9, 448))``, 1.0 for an all-zero block;
 ``q = RNE_E2M1(x / (fp32(s_b) * s_g))``; ``x_hat = e2m1(q) * (fp32(s_b) * s_g)``.
 The block's effective scale ``fp32(s_b) * s_g`` is one float32 product, used
@@ -24,7 +24,8 @@ SCALE_MIN = 2.0**-9
 
 def global_decode_scale(amax: torch.Tensor) -> torch.Tensor:
     amax = amax.float()
-    return torch.where(amax == 0, torch.ones_like(amax), div(amax, E2M1_MAX * E4M3_MAX))
+    s = div(amax, E2M1_MAX * E4M3_MAX)
+    return torch.where(s == 0, torch.ones_like(s), s)  # amax 0, or so small that the quotient underflows
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ asked to raise).
 
 Native FP8 GEMMs (Hopper and newer): :func:`fp8_linear`,
 :func:`quantize_fp8_rowwise`, :func:`prepare_fp8_weight` (see ``linear.py``).
-The exact emulation's scaled GEMM: :func:`scaled_gemm`, :func:`epilogue` (``scaled.py``).
+The exact emulation's activation operand: :func:`split`; its scaled GEMM:
+:func:`scaled_gemm`, :func:`epilogue` (``scaled.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import os
 import torch
 
 __all__ = [
-    "available", "supports", "quantize", "fake_quant", "dequantize", "global_amax", "epilogue", "scaled_gemm",
+    "available", "supports", "quantize", "fake_quant", "split", "dequantize", "global_amax", "epilogue", "scaled_gemm",
     "fp8_linear", "quantize_fp8_rowwise", "prepare_fp8_weight",
 ]
 
@@ -78,6 +79,24 @@ def quantize(fmt, x: torch.Tensor, amax=None, role: str = "weight"):
 def fake_quant(fmt, x: torch.Tensor, amax=None, role: str = "weight"):
     """``fmt.fake_quant(x, ...)`` (quantize + dequantize to x's dtype) in one kernel, or None."""
     return _run(fmt, x, amax, role, fake=True)
+
+
+def split(fmt, x: torch.Tensor, amax=None, dtype: torch.dtype = torch.bfloat16):
+    """``fmt.gemm_split(fmt.quantize(x, amax=amax, role="activation"))`` as plain tensors in one kernel:
+    (inner values in ``dtype``, outer float32 scales), or None.
+
+    The exact emulation's activation operand without packing codes and decoding them again:
+    FP8 per tensor / per row and NVFP4 (their inner values are exact in BF16 / FP16 / FP32).
+    """
+    from qeval.formats import get_format
+
+    fmt = get_format(fmt)
+    if dtype not in _DTYPES or not supports(fmt, x):
+        return None
+    from . import launch
+
+    with torch.cuda.device(x.device):
+        return launch.split(fmt, x, amax, dtype)
 
 
 def _run(fmt, x, amax, role, fake):

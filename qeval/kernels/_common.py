@@ -172,36 +172,14 @@ def half_to_f32(h, SRC: tl.constexpr):
 
 
 # --- fast paths ----------------------------------------------------------------
-# A program takes them when its whole tile is finite and every divisor it uses lies
-# in [2^-60, 2^60] with quotients far from overflow (tile_fast); otherwise it runs
-# the general code above. Both give the same bits.
-SAFE_LO = 8.673617379884035e-19  # 2^-60
-SAFE_HI = 1.152921504606847e18  # 2^60
+# A program takes them when every quotient of its tile is finite (``all_finite``);
+# otherwise it runs the general code above. Both give the same bits.
 
 
 @triton.jit
-def recip(d):
-    """Correctly rounded 1/d (one division per scale, not per element)."""
-    return tl.math.div_rn(tl.full(d.shape, 1.0, tl.float32), d)
-
-
-@triton.jit
-def div_by(x, d, y):
-    """x / d correctly rounded, given y = recip(d): Markstein's correction
-    q = q0 + (x - d q0) y with an exact FMA residual. Exact while d is in
-    [2^-60, 2^60] and |x / d| < 2^100 (no overflow or underflow of the residual;
-    tiny quotients keep their sign and round to zero either way)."""
-    # The Markstein form (q0 = x*y, one FMA residual, one FMA correction) differed from div_rn in
-    # 12,700 of 16.8M quotients next to ties on the H200 (tests/test_kernels.py, draw 3), so the
-    # IEEE division stays until that is understood; y is kept in the signature for that form.
-    return tl.math.div_rn(x, d)
-
-
-@triton.jit
-def safe_divisor(d, amax):
-    """d usable by ``div_by`` for values up to amax (float32, finite): int32 1 or 0."""
-    ok = (d >= 8.673617379884035e-19) & (d <= 1.152921504606847e18) & (amax <= d * 1.2676506002282294e30)
-    return ok.to(tl.int32)
+def all_finite(v):
+    """True when no element of the float32 tile ``v`` is NaN or +-Inf."""
+    return tl.max(abs_bits(v), axis=None) < 0x7F800000
 
 
 @triton.jit

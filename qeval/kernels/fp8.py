@@ -2,10 +2,12 @@
 
 Mirrors ``qeval.formats.fp8``: ``s = amax / fmax`` (1 where amax is 0) with
 amax over finite values, ``q = cast_saturating(x / s)``, ``x_hat = fp32(q) * s``.
-Both divisions are correctly rounded. A tile that is all finite (the usual case)
-takes a shorter path: the amax as an integer max of the bits, one correctly
-rounded reciprocal per scale and Markstein's correction per element
-(``_common.div_by``), and no Inf/NaN patching of the codes.
+Both divisions are correctly rounded (``div_rn``: on the H200 it runs as fast
+as a reciprocal with a correction step, and needs no range guard). A tile
+whose quotients are all finite (the usual case) skips the Inf/NaN patching of
+the codes. ``SPLIT`` (the exact emulation's GEMM operand) writes the codes'
+values unscaled, in the output dtype (exact: FP8 values fit BF16 and FP16),
+and the scales beside them.
 """
 
 from __future__ import annotations
@@ -13,13 +15,22 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (abs_bits, cast_fp8_bits, cast_fp8_finite, div_by, finite_abs, fp8_bits_to_f32, recip,
-                      safe_divisor, tile_ids)
+from ._common import abs_bits, all_finite, cast_fp8_bits, cast_fp8_finite, finite_abs, fp8_bits_to_f32, tile_ids
 
 
 @triton.jit
 def decode_scale(amax, FMAX: tl.constexpr):
-    return tl.where(amax == 0.0, 1.0, tl.math.div_rn(amax, FMAX))
+    s = tl.math.div_rn(amax, FMAX)
+    return tl.where(s == 0.0, 1.0, s)  # amax 0, or so small that the quotient underflows
+
+
+@triton.jit
+def to_codes(y, FP8: tl.constexpr, FMAX: tl.constexpr, INF_POS: tl.constexpr, INF_NEG: tl.constexpr,
+             NAN_CODE: tl.constexpr):
+    """FP8 codes of the quotients ``y``: the short path when the whole tile is finite."""
+    if all_finite(y):
+        return cast_fp8_finite(y, FP8)
+    return cast_fp8_bits(y, FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
 
 
 @triton.jit
@@ -27,24 +38,24 @@ def fp8_tensor_kernel(
     x_ptr, out_ptr, q_ptr, amax_ptr, s_ptr, N,
     FAKE: tl.constexpr, FP8: tl.constexpr, FMAX: tl.constexpr,
     INF_POS: tl.constexpr, INF_NEG: tl.constexpr, NAN_CODE: tl.constexpr, BLOCK: tl.constexpr,
+    SPLIT: tl.constexpr = False,
 ):
-    """One float32 scale for the whole (flat, contiguous) tensor, from the amax at amax_ptr."""
+    """One float32 scale for the whole (flat, contiguous) tensor, from the amax at amax_ptr.
+    FAKE: out = value x scale; FAKE and SPLIT: out = value, and the scale at s_ptr."""
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s = decode_scale(tl.load(amax_ptr), FMAX)
-    mb = tl.max(abs_bits(x), axis=0)
-    fast = (mb < 0x7F800000) & (safe_divisor(s, mb.to(tl.float32, bitcast=True)) != 0)
-    if fast:
-        q = cast_fp8_finite(div_by(x, s, recip(s)), FP8)
-    else:
-        q = cast_fp8_bits(tl.math.div_rn(x, s), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+    q = to_codes(tl.math.div_rn(x, s), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
     if FAKE:
-        out = fp8_bits_to_f32(q, FP8) * s
+        out = fp8_bits_to_f32(q, FP8)
+        if not SPLIT:
+            out = out * s
         tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(q_ptr + offs, q, mask=mask)
+    if SPLIT or not FAKE:
         tl.store(s_ptr, s, mask=pid == 0)
 
 
@@ -53,18 +64,11 @@ def _row_tile(x, FP8: tl.constexpr, FMAX: tl.constexpr, INF_POS: tl.constexpr, I
               NAN_CODE: tl.constexpr, AXIS: tl.constexpr):
     """Scales along AXIS (the last) of a tile and its codes: (codes uint8, scales)."""
     mb = tl.max(abs_bits(x), axis=AXIS)
-    fin = tl.max(mb, axis=None) < 0x7F800000
-    if fin:
+    if tl.max(mb, axis=None) < 0x7F800000:  # finite tile: the amax is the integer max of the bits
         s = decode_scale(mb.to(tl.float32, bitcast=True), FMAX)
-        fast = tl.min(safe_divisor(s, mb.to(tl.float32, bitcast=True)), axis=None) != 0
     else:
         s = decode_scale(tl.max(finite_abs(x), axis=AXIS), FMAX)
-        fast = False
-    se = tl.expand_dims(s, AXIS)
-    if fast:
-        q = cast_fp8_finite(div_by(x, se, tl.expand_dims(recip(s), AXIS)), FP8)
-    else:
-        q = cast_fp8_bits(tl.math.div_rn(x, se), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+    q = to_codes(tl.math.div_rn(x, tl.expand_dims(s, AXIS)), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
     return q, s
 
 
@@ -73,10 +77,11 @@ def fp8_row_kernel(
     x_ptr, out_ptr, q_ptr, s_ptr, M, K, sxm, som, sqm,
     FAKE: tl.constexpr, FP8: tl.constexpr, FMAX: tl.constexpr,
     INF_POS: tl.constexpr, INF_NEG: tl.constexpr, NAN_CODE: tl.constexpr,
-    BM: tl.constexpr, BK: tl.constexpr, SINGLE: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr, SINGLE: tl.constexpr, SPLIT: tl.constexpr = False,
 ):
     """One scale per row (per token / per output channel). SINGLE: the row fits one tile
-    (one read); else an amax sweep, then a quantize sweep (its re-read mostly hits L2)."""
+    (one read); else an amax sweep, then a quantize sweep (its re-read mostly hits L2).
+    FAKE: out = value x scale; FAKE and SPLIT: out = value, and the scales at s_ptr."""
     pid = tl.program_id(0)
     rm = (pid * BM + tl.arange(0, BM)).to(tl.int64)
     row_ok = rm[:, None] < M
@@ -86,7 +91,9 @@ def fp8_row_kernel(
         x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=mask, other=0.0).to(tl.float32)
         q, s = _row_tile(x, FP8, FMAX, INF_POS, INF_NEG, NAN_CODE, 1)
         if FAKE:
-            out = fp8_bits_to_f32(q, FP8) * s[:, None]
+            out = fp8_bits_to_f32(q, FP8)
+            if not SPLIT:
+                out = out * s[:, None]
             tl.store(out_ptr + rm[:, None] * som + rk[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
         else:
             tl.store(q_ptr + rm[:, None] * sqm + rk[None, :], q, mask=mask)
@@ -103,11 +110,13 @@ def fp8_row_kernel(
             x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=mask, other=0.0).to(tl.float32)
             q = cast_fp8_bits(tl.math.div_rn(x, s[:, None]), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
             if FAKE:
-                out = fp8_bits_to_f32(q, FP8) * s[:, None]
+                out = fp8_bits_to_f32(q, FP8)
+                if not SPLIT:
+                    out = out * s[:, None]
                 tl.store(out_ptr + rm[:, None] * som + rk[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
             else:
                 tl.store(q_ptr + rm[:, None] * sqm + rk[None, :], q, mask=mask)
-    if not FAKE:
+    if SPLIT or not FAKE:
         tl.store(s_ptr + rm, s, mask=rm < M)
 
 
@@ -139,14 +148,9 @@ def fp8_block_kernel(
         amax = mb.to(tl.float32, bitcast=True)
         if mb < 0x7F800000:
             s = decode_scale(amax, FMAX)
-            fast = safe_divisor(s, amax) != 0
         else:
             s = decode_scale(tl.max(tl.max(finite_abs(x), axis=1), axis=0), FMAX)
-            fast = False
-        if fast:
-            q = cast_fp8_finite(div_by(x, s, recip(s)), FP8)
-        else:
-            q = cast_fp8_bits(tl.math.div_rn(x, s), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+        q = to_codes(tl.math.div_rn(x, s), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
         if FAKE:
             deq = fp8_bits_to_f32(q, FP8) * s
     else:

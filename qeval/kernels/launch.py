@@ -201,9 +201,11 @@ def _fp8_tensor(fmt, x, amax, role, fake):
     return QTensor(q.reshape(x.shape), s.reshape(_scalar_shape(amax)), None, x.shape, fmt, role=role)
 
 
-def fp8_row_quant(x2: torch.Tensor, fmt: FP8Format, out_rows: int | None = None, fake: bool = False):
+def fp8_row_quant(x2: torch.Tensor, fmt: FP8Format, out_rows: int | None = None, fake: bool = False,
+                  split_dtype: torch.dtype | None = None):
     """Per-row FP8 of a contiguous 2-D tensor: (codes [out_rows, K], scales [out_rows, 1] float32),
-    or the fake-quantized tensor. Rows past x2's are left for the caller (padding)."""
+    or the fake-quantized tensor, or with ``split_dtype`` (the codes' values in that dtype, scales).
+    Rows past x2's are left for the caller (padding)."""
     m, k = x2.shape
     cfg = tuning.config("fp8_row", x2.device)
     single = _pow2(k) <= cfg["max_single"]  # whole row in one tile: one read of x
@@ -215,10 +217,12 @@ def fp8_row_quant(x2: torch.Tensor, fmt: FP8Format, out_rows: int | None = None,
         bk, bm, warps = 4096, 1, 8
     grid = (triton.cdiv(m, bm),)
     flags = dict(**_fp8_flags(fmt), BM=bm, BK=bk, SINGLE=single, num_warps=warps, **LAUNCH)
-    if fake:
-        out = torch.empty_like(x2)
-        fp8_row_kernel[grid](x2, out, out, out, m, k, x2.stride(0), out.stride(0), 0, FAKE=True, **flags)
-        return out
+    if fake or split_dtype is not None:
+        out = torch.empty(m, k, dtype=split_dtype or x2.dtype, device=x2.device)
+        s = torch.empty(m, 1, dtype=torch.float32, device=x2.device) if split_dtype is not None else out
+        fp8_row_kernel[grid](x2, out, out, s, m, k, x2.stride(0), out.stride(0), 0, FAKE=True,
+                             SPLIT=split_dtype is not None, **flags)
+        return out if split_dtype is None else (out, s)
     rows = out_rows or m
     q = torch.empty(rows, k, dtype=fmt.dtype, device=x2.device)
     s = torch.empty(rows, 1, dtype=torch.float32, device=x2.device)
@@ -297,6 +301,40 @@ def dequantize(q: QTensor, dtype: torch.dtype):
     fp4_dequant_kernel[grid](codes, scales, gs, out, m, k, kp, codes.stride(0), scales.stride(0), out.stride(0),
                              MX=mx, BM=bm, BK=bk, KFAST=kfast, num_warps=cfg["warps"], **LAUNCH)
     return out.reshape(q.shape)
+
+
+def split(fmt, x: torch.Tensor, amax, dtype: torch.dtype):
+    """``fmt.gemm_split(fmt.quantize(x, amax))`` as (inner values in ``dtype``, outer float32 scales)
+    in one kernel (plus an amax pass when dynamic per tensor), for FP8 per tensor / per row
+    and NVFP4; None for other formats. The inner values are exact in BF16 / FP16 / FP32."""
+    if isinstance(fmt, NVFP4Format):
+        x2 = _as_2d(x)
+        m, k = x2.shape
+        kp = triton.cdiv(k, 16) * 16
+        cfg = tuning.config("nvfp4", x.device)
+        bm, bk = _tile(kp, 16, cfg)
+        grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp, bk), cfg)
+        a = _amax_arg(x2, amax)
+        out = torch.empty(m, k, dtype=dtype, device=x.device)
+        gs = torch.empty(1, dtype=torch.float32, device=x.device)
+        nvfp4_kernel[grid](x2, out, out, out, a, gs, m, k, kp, x2.stride(0), out.stride(0), 0, 0,
+                           FAKE=True, SPLIT=True, BM=bm, BK=bk, KFAST=kfast, num_warps=cfg["warps"], **LAUNCH)
+        return out.reshape(x.shape), gs.reshape(_scalar_shape(amax))
+    if isinstance(fmt, FP8Format) and fmt.granularity == "row":
+        inner, s = fp8_row_quant(_as_2d(x), fmt, split_dtype=dtype)
+        return inner.reshape(x.shape), s.reshape(*x.shape[:-1], 1)
+    if isinstance(fmt, FP8Format) and fmt.granularity == "tensor":
+        flat = x.contiguous().reshape(-1)
+        n = flat.numel()
+        a = _amax_arg(flat, amax)
+        cfg = tuning.config("fp8_tensor", x.device)
+        out = torch.empty(n, dtype=dtype, device=x.device)
+        s = torch.empty(1, dtype=torch.float32, device=x.device)
+        fp8_tensor_kernel[(triton.cdiv(n, cfg["tile"]),)](flat, out, out, a, s, n, FAKE=True, SPLIT=True,
+                                                          **_fp8_flags(fmt), BLOCK=cfg["tile"],
+                                                          num_warps=cfg["warps"], **LAUNCH)
+        return out.reshape(x.shape), s.reshape(_scalar_shape(amax))
+    return None
 
 
 def run(fmt, x: torch.Tensor, amax, role: str, fake: bool):

@@ -1,10 +1,12 @@
 """NVFP4 fake-quant and packed quantize in one Triton pass (plus an amax pass when dynamic).
 
-Mirrors ``qeval.formats.nvfp4`` step for step: ``s_g = amax / 2688`` (1 if 0),
+Mirrors ``qeval.formats.nvfp4`` step for step: ``s_g = amax / 2688`` (1 if that is 0),
 ``s_b = e4m3(clamp(amax_b / (6 s_g), 2^-9, 448))`` (1 for an all-zero block,
 NaN for a block holding NaN/Inf), ``q = RNE_E2M1(x / (fp32(s_b) * s_g))``.
-A tile whose blocks are all finite with scales in range divides through one
-reciprocal per block (``_common.div_by``), with the same bits.
+A tile whose quotients are all finite takes the short code path
+(``e2m1_code_fast``), with the same bits. ``SPLIT`` (the exact emulation's
+GEMM operand) writes ``value x block scale`` (at most 6 significant bits:
+exact in BF16/FP16) and the global scale, instead of the fake-quantized value.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (div_by, e2m1_code, e2m1_code_fast, e2m1_round, e2m1_value, half_to_f32, load_pairs, nan_like,
-                      pack_nibbles, recip, safe_divisor, tile_ids)
+from ._common import (all_finite, e2m1_code, e2m1_code_fast, e2m1_round, e2m1_value, half_to_f32, load_pairs,
+                      nan_like, pack_nibbles, tile_ids)
 
 G = 16
 
@@ -22,7 +24,7 @@ G = 16
 def nvfp4_kernel(
     x_ptr, out_ptr, q_ptr, s_ptr, amax_ptr, gs_ptr,
     M, K, KP, sxm, som, sqm, ssm,
-    FAKE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, KFAST: tl.constexpr,
+    FAKE: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, KFAST: tl.constexpr, SPLIT: tl.constexpr = False,
 ):
     NB: tl.constexpr = BK // 16
     pid_m, pid_k = tile_ids(KFAST)
@@ -33,7 +35,8 @@ def nvfp4_kernel(
     xb = tl.reshape(x.to(tl.float32), (BM, NB, 16))
 
     amax = tl.load(amax_ptr)
-    s_g = tl.where(amax == 0.0, 1.0, tl.math.div_rn(amax, 2688.0))
+    s_g = tl.math.div_rn(amax, 2688.0)
+    s_g = tl.where(s_g == 0.0, 1.0, s_g)
 
     bits = xb.to(tl.int32, bitcast=True) & 0x7FFFFFFF
     mb = tl.max(bits, axis=2)  # NaN/Inf blocks come out >= INF bits
@@ -47,17 +50,17 @@ def nvfp4_kernel(
     sbf = tl.where(nonfinite, nan_like(sb), sb8.to(tl.float32))
     eff = sbf * s_g
 
-    fast = tl.min(safe_divisor(eff, bamax), axis=None) != 0
-    if fast:
-        r = e2m1_round(div_by(xb, eff[:, :, None], recip(eff)[:, :, None]))
-    else:
-        r = e2m1_round(tl.math.div_rn(xb, eff[:, :, None]))
+    r = e2m1_round(tl.math.div_rn(xb, eff[:, :, None]))
     if FAKE:
-        out = tl.reshape(r * eff[:, :, None], (BM, BK))
+        if SPLIT:
+            out = tl.reshape(r * sbf[:, :, None], (BM, BK))
+            tl.store(gs_ptr, s_g, mask=(pid_m == 0) & (pid_k == 0))
+        else:
+            out = tl.reshape(r * eff[:, :, None], (BM, BK))
         tl.store(out_ptr + rm[:, None] * som + rk[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=row_ok & (rk[None, :] < K))
     else:
-        if fast:
+        if all_finite(r):
             code = tl.reshape(e2m1_code_fast(r), (BM, BK))
         else:
             code = tl.reshape(e2m1_code(r), (BM, BK))
@@ -88,7 +91,8 @@ def nvfp4_quant_pairs_kernel(
     xo = tl.reshape(half_to_f32(hi, SRC), (BM, NB, 8))
 
     amax = tl.load(amax_ptr)
-    s_g = tl.where(amax == 0.0, 1.0, tl.math.div_rn(amax, 2688.0))
+    s_g = tl.math.div_rn(amax, 2688.0)
+    s_g = tl.where(s_g == 0.0, 1.0, s_g)
     mb = tl.maximum(tl.max(xe.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2),
                     tl.max(xo.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2))
     nonfinite = mb >= 0x7F800000
@@ -99,14 +103,14 @@ def nvfp4_quant_pairs_kernel(
     sb8 = sb.to(tl.float8e4nv, fp_downcast_rounding="rtne")
     eff = tl.where(nonfinite, nan_like(sb), sb8.to(tl.float32)) * s_g
 
-    if tl.min(safe_divisor(eff, mb.to(tl.float32, bitcast=True)), axis=None) != 0:
-        d = eff[:, :, None]
-        y = recip(eff)[:, :, None]
-        ce = e2m1_code_fast(e2m1_round(div_by(xe, d, y)))
-        co = e2m1_code_fast(e2m1_round(div_by(xo, d, y)))
+    re = e2m1_round(tl.math.div_rn(xe, eff[:, :, None]))
+    ro = e2m1_round(tl.math.div_rn(xo, eff[:, :, None]))
+    if all_finite(re) & all_finite(ro):
+        ce = e2m1_code_fast(re)
+        co = e2m1_code_fast(ro)
     else:
-        ce = e2m1_code(e2m1_round(tl.math.div_rn(xe, eff[:, :, None])))
-        co = e2m1_code(e2m1_round(tl.math.div_rn(xo, eff[:, :, None])))
+        ce = e2m1_code(re)
+        co = e2m1_code(ro)
     packed = tl.reshape(ce | (co << 4), (BM, BH)).to(tl.uint8)
     tl.store(q_ptr + rm[:, None] * sqm + rh[None, :], packed, mask=row_ok & (rh[None, :] < KP // 2))
     sbits = tl.where(nonfinite, 0x7F, sb8.to(tl.uint8, bitcast=True).to(tl.int32)).to(tl.uint8)

@@ -31,9 +31,13 @@ def device_name(index: int) -> str:
 
 def config(key: str, device: torch.device) -> dict:
     """The shape for kernel ``key`` on ``device``: the default, the GPU's own entry, then OVERRIDE."""
+    index = device.index if device.type != "cuda" or device.index is not None else torch.cuda.current_device()
+    base = _config(key, device.type, index)  # looked up once: this runs at every launch
+    return {**base, **OVERRIDE[key]} if key in OVERRIDE else base
+
+
+@functools.cache
+def _config(key: str, kind: str, index: int | None) -> dict:
     t = table()
-    own = {}
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        own = t["devices"].get(device_name(index)) or {}
-    return {**t["default"].get(key, {}), **own.get(key, {}), **OVERRIDE.get(key, {})}
+    own = (t["devices"].get(device_name(index)) or {}) if kind == "cuda" else {}
+    return {**t["default"].get(key, {}), **own.get(key, {})}

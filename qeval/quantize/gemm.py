@@ -183,6 +183,13 @@ def act_operand(spec: str, x2: torch.Tensor, amax, dtype: torch.dtype) -> tuple[
         # MX has no outer scale: its inner operand is the fake-quantized value, exact in a BF16 / FP32
         # input's own dtype (see _EXACT_FOR_SAME_DTYPE); one fused kernel on CUDA
         return quantizer.fake_quant(fmt, x2, amax=amax, role="activation").to(dtype), None
+    if x2.is_cuda and fmt.family in ("fp8", "nvfp4"):
+        from qeval import kernels
+
+        # one kernel writes the inner values (exact in any float dtype): no codes to pack and convert again
+        out = kernels.split(fmt, x2, amax, dtype)
+        if out is not None:
+            return out
     if fmt.family in ("fp8", "nvfp4") and not x2.is_cuda and dtype == torch.float32:
         # the inner operand as float32 numbers directly: on a CPU, packing codes and decoding them
         # (FP8 element by element, E2M1 through a table) costs more than the GEMM's own overhead
