@@ -209,6 +209,7 @@ def report(size: str, note: str, tokens: int, plain: float, res: dict, peak_dir:
             "GPU peak GiB": gib(m.get("gpu_peak_bytes")), "host peak GiB": gib(m.get("host_peak_bytes")),
             "KL store": "{path} {dtype}".format(**e["kl_store"]) if e.get("kl_store") else "-",
             "KL": f"{e['metrics'].get('kl_mean'):.4g}" if e["metrics"].get("kl_mean") is not None else "-",
+            "non-finite": e["metrics"].get("nonfinite_logits", "-"),
         })
     rows[0]["run dir peak GiB"] = f"{peak_dir / 2**30:.3f}"
     vocab = res["baseline"]["kl_store"]["bytes_needed"] if res["baseline"].get("kl_store") else 0
@@ -277,7 +278,7 @@ def main(argv=None) -> int:
             del model
             torch.cuda.empty_cache()
     cols = ["model", "store", "pass", "s", "x plain", "quantize s", "dequantize s", "GPU peak GiB", "host peak GiB",
-            "KL store", "KL", "run dir peak GiB"]
+            "KL store", "KL", "non-finite", "run dir peak GiB"]
     print("\n" + head + "\n" + table(rows, cols))
     return 0
 

@@ -138,7 +138,8 @@ def epilogue(acc: torch.Tensor, sx, sw, bias, out_dtype: torch.dtype):
         return None
     from .scaled import epilogue as run
 
-    return run(acc, sx, sw, bias, out_dtype)
+    with torch.cuda.device(acc.device):  # Triton launches on the current device, not the tensor's
+        return run(acc, sx, sw, bias, out_dtype)
 
 
 def scaled_gemm(a: torch.Tensor, b: torch.Tensor, sx, sw, bias, out_dtype: torch.dtype):
@@ -148,7 +149,8 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, sx, sw, bias, out_dtype: torch
         return None
     from .scaled import gemm as run
 
-    return run(a, b, sx, sw, bias, out_dtype)
+    with torch.cuda.device(a.device):
+        return run(a, b, sx, sw, bias, out_dtype)
 
 
 def global_amax(x: torch.Tensor) -> torch.Tensor:

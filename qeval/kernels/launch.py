@@ -8,6 +8,7 @@ tensors with fewer than 2^31 elements (the dispatcher checks).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -168,6 +169,7 @@ def run_mx(fmt: MXFormat, x: torch.Tensor, amax, role: str, fake: bool):
 
 
 # --- FP8 ---------------------------------------------------------------------
+@functools.cache
 def _fp8_flags(fmt: FP8Format) -> dict:
     dtype = fmt.dtype
     inf_pos, inf_neg, nan_code = _special(dtype)
