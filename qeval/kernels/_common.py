@@ -172,14 +172,23 @@ def half_to_f32(h, SRC: tl.constexpr):
 
 
 # --- fast paths ----------------------------------------------------------------
-# A program takes them when every quotient of its tile is finite (``all_finite``);
-# otherwise it runs the general code above. Both give the same bits.
+# A program takes them when every quotient x / d of its tile is finite (``quotient_ok``,
+# decided from the tile's amax, which the scales need anyway: deciding after the division
+# made the FP8 kernels wait on it, 98% -> 55% of copy on the H200); otherwise it runs the
+# general code above. Both give the same bits.
 
 
 @triton.jit
-def all_finite(v):
-    """True when no element of the float32 tile ``v`` is NaN or +-Inf."""
-    return tl.max(abs_bits(v), axis=None) < 0x7F800000
+def quotient_ok(mb, d):
+    """Per scale group: whether x / d is finite for every x of the group, given ``mb`` its max |x|
+    bits (int32) and ``d`` its divisor (float32): no NaN/Inf, no zero divisor, no overflow."""
+    return (mb < 0x7F800000) & (d > 0.0) & (mb.to(tl.float32, bitcast=True) <= d * 1.2676506002282294e30)
+
+
+@triton.jit
+def all_ok(ok):
+    """A tile's ``quotient_ok`` flags (one per scale group) reduced to one."""
+    return tl.min(ok.to(tl.int32), axis=None) != 0
 
 
 @triton.jit

@@ -3,8 +3,8 @@
 Mirrors ``qeval.formats.fp8``: ``s = amax / fmax`` (1 where amax is 0) with
 amax over finite values, ``q = cast_saturating(x / s)``, ``x_hat = fp32(q) * s``.
 Both divisions are correctly rounded (``div_rn``: on the H200 it runs as fast
-as a reciprocal with a correction step, and needs no range guard). A tile
-whose quotients are all finite (the usual case) skips the Inf/NaN patching of
+as a reciprocal with a correction step). A tile whose quotients are all finite
+(the usual case; ``_common.quotient_ok``) skips the Inf/NaN patching of
 the codes. ``SPLIT`` (the exact emulation's GEMM operand) writes the codes'
 values unscaled, in the output dtype (exact: FP8 values fit BF16 and FP16),
 and the scales beside them.
@@ -15,7 +15,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import abs_bits, all_finite, cast_fp8_bits, cast_fp8_finite, finite_abs, fp8_bits_to_f32, tile_ids
+from ._common import (abs_bits, all_ok, cast_fp8_bits, cast_fp8_finite, finite_abs, fp8_bits_to_f32, quotient_ok,
+                      tile_ids)
 
 
 @triton.jit
@@ -25,12 +26,12 @@ def decode_scale(amax, FMAX: tl.constexpr):
 
 
 @triton.jit
-def to_codes(y, FP8: tl.constexpr, FMAX: tl.constexpr, INF_POS: tl.constexpr, INF_NEG: tl.constexpr,
+def to_codes(x, d, fast, FP8: tl.constexpr, FMAX: tl.constexpr, INF_POS: tl.constexpr, INF_NEG: tl.constexpr,
              NAN_CODE: tl.constexpr):
-    """FP8 codes of the quotients ``y``: the short path when the whole tile is finite."""
-    if all_finite(y):
-        return cast_fp8_finite(y, FP8)
-    return cast_fp8_bits(y, FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+    """FP8 codes of ``x / d``; ``fast``: every quotient is finite (no Inf/NaN patching)."""
+    if fast:
+        return cast_fp8_finite(tl.math.div_rn(x, d), FP8)
+    return cast_fp8_bits(tl.math.div_rn(x, d), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
 
 
 @triton.jit
@@ -47,7 +48,7 @@ def fp8_tensor_kernel(
     mask = offs < N
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s = decode_scale(tl.load(amax_ptr), FMAX)
-    q = to_codes(tl.math.div_rn(x, s), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+    q = to_codes(x, s, quotient_ok(tl.max(abs_bits(x), axis=0), s), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
     if FAKE:
         out = fp8_bits_to_f32(q, FP8)
         if not SPLIT:
@@ -68,7 +69,7 @@ def _row_tile(x, FP8: tl.constexpr, FMAX: tl.constexpr, INF_POS: tl.constexpr, I
         s = decode_scale(mb.to(tl.float32, bitcast=True), FMAX)
     else:
         s = decode_scale(tl.max(finite_abs(x), axis=AXIS), FMAX)
-    q = to_codes(tl.math.div_rn(x, tl.expand_dims(s, AXIS)), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+    q = to_codes(x, tl.expand_dims(s, AXIS), all_ok(quotient_ok(mb, s)), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
     return q, s
 
 
@@ -150,7 +151,7 @@ def fp8_block_kernel(
             s = decode_scale(amax, FMAX)
         else:
             s = decode_scale(tl.max(tl.max(finite_abs(x), axis=1), axis=0), FMAX)
-        q = to_codes(tl.math.div_rn(x, s), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+        q = to_codes(x, s, quotient_ok(mb, s), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
         if FAKE:
             deq = fp8_bits_to_f32(q, FP8) * s
     else:

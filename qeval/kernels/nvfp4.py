@@ -3,8 +3,8 @@
 Mirrors ``qeval.formats.nvfp4`` step for step: ``s_g = amax / 2688`` (1 if that is 0),
 ``s_b = e4m3(clamp(amax_b / (6 s_g), 2^-9, 448))`` (1 for an all-zero block,
 NaN for a block holding NaN/Inf), ``q = RNE_E2M1(x / (fp32(s_b) * s_g))``.
-A tile whose quotients are all finite takes the short code path
-(``e2m1_code_fast``), with the same bits. ``SPLIT`` (the exact emulation's
+A tile whose quotients are all finite (``_common.quotient_ok``) takes the
+short code path (``e2m1_code_fast``), with the same bits. ``SPLIT`` (the exact emulation's
 GEMM operand) writes ``value x block scale`` (at most 6 significant bits:
 exact in BF16/FP16) and the global scale, instead of the fake-quantized value.
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (all_finite, e2m1_code, e2m1_code_fast, e2m1_round, e2m1_value, half_to_f32, load_pairs,
-                      nan_like, pack_nibbles, tile_ids)
+from ._common import (all_ok, e2m1_code, e2m1_code_fast, e2m1_round, e2m1_value, half_to_f32, load_pairs,
+                      nan_like, pack_nibbles, quotient_ok, tile_ids)
 
 G = 16
 
@@ -60,7 +60,7 @@ def nvfp4_kernel(
         tl.store(out_ptr + rm[:, None] * som + rk[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=row_ok & (rk[None, :] < K))
     else:
-        if all_finite(r):
+        if all_ok(quotient_ok(mb, eff)):
             code = tl.reshape(e2m1_code_fast(r), (BM, BK))
         else:
             code = tl.reshape(e2m1_code(r), (BM, BK))
@@ -105,7 +105,7 @@ def nvfp4_quant_pairs_kernel(
 
     re = e2m1_round(tl.math.div_rn(xe, eff[:, :, None]))
     ro = e2m1_round(tl.math.div_rn(xo, eff[:, :, None]))
-    if all_finite(re) & all_finite(ro):
+    if all_ok(quotient_ok(mb, eff)):
         ce = e2m1_code_fast(re)
         co = e2m1_code_fast(ro)
     else:
