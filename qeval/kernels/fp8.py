@@ -74,6 +74,19 @@ def _row_tile(x, FP8: tl.constexpr, FMAX: tl.constexpr, INF_POS: tl.constexpr, I
 
 
 @triton.jit
+def _store_rows(q, s, out_ptr, q_ptr, rm, rk, som, sqm, mask, FAKE: tl.constexpr, SPLIT: tl.constexpr,
+                FP8: tl.constexpr):
+    """A row tile's codes, or (FAKE) its values times the row scales s (SPLIT: the values only)."""
+    if FAKE:
+        out = fp8_bits_to_f32(q, FP8)
+        if not SPLIT:
+            out = out * s[:, None]
+        tl.store(out_ptr + rm[:, None] * som + rk[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(q_ptr + rm[:, None] * sqm + rk[None, :], q, mask=mask)
+
+
+@triton.jit
 def fp8_row_kernel(
     x_ptr, out_ptr, q_ptr, s_ptr, M, K, sxm, som, sqm,
     FAKE: tl.constexpr, FP8: tl.constexpr, FMAX: tl.constexpr,
@@ -91,13 +104,7 @@ def fp8_row_kernel(
         mask = row_ok & (rk[None, :] < K)
         x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=mask, other=0.0).to(tl.float32)
         q, s = _row_tile(x, FP8, FMAX, INF_POS, INF_NEG, NAN_CODE, 1)
-        if FAKE:
-            out = fp8_bits_to_f32(q, FP8)
-            if not SPLIT:
-                out = out * s[:, None]
-            tl.store(out_ptr + rm[:, None] * som + rk[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
-        else:
-            tl.store(q_ptr + rm[:, None] * sqm + rk[None, :], q, mask=mask)
+        _store_rows(q, s, out_ptr, q_ptr, rm, rk, som, sqm, mask, FAKE, SPLIT, FP8)
     else:
         amax = tl.zeros([BM], tl.float32)
         for k0 in range(0, K, BK):
@@ -110,13 +117,7 @@ def fp8_row_kernel(
             mask = row_ok & (rk[None, :] < K)
             x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=mask, other=0.0).to(tl.float32)
             q = cast_fp8_bits(tl.math.div_rn(x, s[:, None]), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
-            if FAKE:
-                out = fp8_bits_to_f32(q, FP8)
-                if not SPLIT:
-                    out = out * s[:, None]
-                tl.store(out_ptr + rm[:, None] * som + rk[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
-            else:
-                tl.store(q_ptr + rm[:, None] * sqm + rk[None, :], q, mask=mask)
+            _store_rows(q, s, out_ptr, q_ptr, rm, rk, som, sqm, mask, FAKE, SPLIT, FP8)
     if SPLIT or not FAKE:
         tl.store(s_ptr + rm, s, mask=rm < M)
 
