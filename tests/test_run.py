@@ -195,7 +195,7 @@ class Killed(Exception):
     pass
 
 
-def test_resume_after_a_kill_reuses_finished_policies(workspace, tmp_path, monkeypatch, first_run):
+def test_resume_after_a_kill_reuses_finished_policies(workspace, tmp_path, monkeypatch, first_run, capsys):
     import qeval.pipeline.passes as passes
 
     recipe = write_recipe(workspace)  # the recipe of first_run: fp8-dynamic, nvfp4
@@ -219,8 +219,13 @@ def test_resume_after_a_kill_reuses_finished_policies(workspace, tmp_path, monke
 
     kill["on"] = False
     evaluated.clear()
-    resumed = json.loads(run_recipe(recipe, _opts(tmp_path, resume=True)).read_text())  # latest run
+    capsys.readouterr()
+    opts = RunOptions(results_dir=tmp_path / "results", progress=True, print_table=False, resume=True)
+    resumed = json.loads(run_recipe(recipe, opts).read_text())  # latest run
     assert evaluated == ["nvfp4"]  # fp8-dynamic and the baseline were reused
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[")]
+    assert lines[0].startswith("[1/3] baseline:") and "reused from the interrupted run" in lines[0], lines
+    assert lines[1].startswith("[3/3] nvfp4:") and " s; elapsed " in lines[1], lines
     assert (run_dir / "policies" / "fp8-dynamic.json").read_bytes() == first
     whole = json.loads(first_run[0].read_text())
     assert numbers(resumed) == numbers(whole)  # the spill was rebuilt and gives the same KL

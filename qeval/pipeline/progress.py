@@ -47,8 +47,10 @@ def _mmss(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
-def announce(shard: Shard, step: int, total: int, name: str, entry: dict, clock: Clock | None) -> None:
-    """``[2/6] nvfp4: ppl .., KL .. (24.0 s; elapsed 1:02, ETA 3:10)``; nothing under --no-progress (no clock)."""
+def announce(shard: Shard, step: int, total: int, name: str, entry: dict, clock: Clock | None,
+             reused: bool = False) -> None:
+    """``[2/6] nvfp4: ppl .., KL .. (24.0 s; elapsed 1:02, ETA 3:10)``; nothing under --no-progress (no clock).
+    ``reused``: the entry comes from the interrupted run being resumed (its time is not this run's)."""
     if shard.rank != 0 or clock is None:
         return
     m = entry.get("metrics") or {}
@@ -60,5 +62,5 @@ def announce(shard: Shard, step: int, total: int, name: str, entry: dict, clock:
             bits.append(fmt.format(v))
     tm = entry.get("timings") or {}
     t = tm.get("quantize_s", 0.0) + tm.get("eval_s", 0.0)
-    overall = f"; {clock.line()}"
-    print(f"[{step}/{total}] {name}: {', '.join(bits) or 'done'} ({t:.1f} s{overall})", file=sys.stderr, flush=True)
+    took = "reused from the interrupted run" if reused else f"{t:.1f} s"
+    print(f"[{step}/{total}] {name}: {', '.join(bits) or 'done'} ({took}; {clock.line()})", file=sys.stderr, flush=True)

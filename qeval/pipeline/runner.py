@@ -309,7 +309,8 @@ def _evaluate_all(recipe, ctx: Context, selected, run_path: Path, rundir, finish
                              prefer=recipe.metrics.baseline_store)
     clock = progress.Clock(len(todo) + ("baseline" not in finished)) if options.progress else None  # None: no step lines
     step = 0
-    if "baseline" not in finished:
+    reused = "baseline" in finished
+    if not reused:
         seed_everything(recipe.seed)
         entry = {**passes.evaluate_baseline(recipe, ctx, spill, shard, options), "inputs": wanted["baseline"]}
         if shard.rank == 0:
@@ -320,7 +321,7 @@ def _evaluate_all(recipe, ctx: Context, selected, run_path: Path, rundir, finish
     elif todo:
         passes.ensure_baseline_state(recipe, ctx, spill, shard, options)
     step += 1
-    progress.announce(shard, step, total, "baseline", finished["baseline"], clock)
+    progress.announce(shard, step, total, "baseline", finished["baseline"], clock, reused=reused)
     baseline = finished["baseline"]
     for name, source in selected:
         step += 1
