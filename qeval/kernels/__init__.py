@@ -25,6 +25,7 @@ The exact emulation's activation operand: :func:`split`; its scaled GEMM:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -46,6 +47,15 @@ def available() -> bool:
     if os.environ.get("QEVAL_NO_KERNELS", "") not in ("", "0"):
         return False
     return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
+
+
+def on_device(t: torch.Tensor):
+    """Make ``t``'s GPU current while a kernel launches (Triton launches on the current device, not
+    the tensor's: a model spread over GPUs needs it); no switch when it already is (the usual case,
+    where entering ``torch.cuda.device`` would cost host time at every launch)."""
+    if t.device.index is None or t.device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(t.device)
 
 
 def supports(fmt, x: torch.Tensor) -> bool:
@@ -95,7 +105,7 @@ def split(fmt, x: torch.Tensor, amax=None, dtype: torch.dtype = torch.bfloat16):
         return None
     from . import launch
 
-    with torch.cuda.device(x.device):
+    with on_device(x):
         return launch.split(fmt, x, amax, dtype)
 
 
@@ -107,7 +117,7 @@ def _run(fmt, x, amax, role, fake):
         return None
     from . import launch
 
-    with torch.cuda.device(x.device):  # Triton launches on the current device, not the tensor's
+    with on_device(x):
         return launch.run(fmt, x, amax, role, fake)
 
 
@@ -121,7 +131,7 @@ def dequantize(q, dtype: torch.dtype = torch.float32):
         return None
     from . import launch
 
-    with torch.cuda.device(q.data.device):
+    with on_device(q.data):
         return launch.dequantize(q, dtype)
 
 
@@ -138,7 +148,7 @@ def epilogue(acc: torch.Tensor, sx, sw, bias, out_dtype: torch.dtype):
         return None
     from .scaled import epilogue as run
 
-    with torch.cuda.device(acc.device):  # Triton launches on the current device, not the tensor's
+    with on_device(acc):
         return run(acc, sx, sw, bias, out_dtype)
 
 
@@ -149,7 +159,7 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, sx, sw, bias, out_dtype: torch
         return None
     from .scaled import gemm as run
 
-    with torch.cuda.device(a.device):
+    with on_device(a):
         return run(a, b, sx, sw, bias, out_dtype)
 
 
@@ -157,7 +167,7 @@ def global_amax(x: torch.Tensor) -> torch.Tensor:
     """Finite max |x| of a CUDA tensor in one pass, as a float32 tensor of shape [1]."""
     from . import launch
 
-    with torch.cuda.device(x.device):
+    with on_device(x):
         return launch.global_amax(x)
 
 
