@@ -6,7 +6,9 @@
 The recipe's model, text and windows; each policy quantized once (not timed),
 then its evaluation pass (forward, log-softmax, KL and top-1 against the
 baseline held in memory) timed alternately with the baseline's own pass, so
-that load on a shared machine hits both alike. Prints the median seconds and
+that load on a shared machine hits both alike, with glibc's allocation
+thresholds fixed (``--malloc steady``, see ``steady_malloc``) so that page
+faults do not depend on which pass ran before. Prints the median seconds and
 speed = baseline time / policy time (the target: >= 0.85 for every policy).
 ``--random CONFIG_DIR`` builds the recipe's architecture from a config with
 seeded random float32 weights and random token ids instead (same shapes, so
@@ -31,6 +33,25 @@ from qeval.quantize import dequantize_model, quantize_model
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def steady_malloc() -> str:
+    """Fix glibc's allocation thresholds for the whole run (Linux only).
+
+    By default glibc serves large blocks with fresh mmaps (each page faulted in on first touch)
+    and raises that threshold as blocks are freed, so whether a pass pays page faults for its
+    activation-sized tensors depends on what ran before it: the baseline's own pass moved
+    between 5.6 s and 9.0 s. Fixed thresholds put every pass in the same regime.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(-3, 32 << 20) and libc.mallopt(-1, 1 << 30)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        ok = 0
+    return "steady (mmap threshold 32 MiB, no trim)" if ok else "default (mallopt unavailable)"
 
 
 def timed(fn, clock=time.perf_counter) -> float:
@@ -68,7 +89,10 @@ def main(argv=None) -> int:
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or the process's CPU time (steadier on a machine shared with other jobs)")
     p.add_argument("--random", metavar="CONFIG_DIR", help="random weights of this config's shape, random tokens")
+    p.add_argument("--malloc", choices=["steady", "default"], default="steady",
+                   help="steady: fix glibc's allocation thresholds so every pass runs in the same regime")
     args = p.parse_args(argv)
+    malloc = steady_malloc() if args.malloc == "steady" else "default"
     clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     recipe, _ = load_recipe(args.recipe)
@@ -103,7 +127,7 @@ def main(argv=None) -> int:
         rows.append((name, statistics.median(bt), statistics.median(qt), statistics.median(ratios), min(ratios)))
         print(rows[-1], flush=True)
     print(f"\n{recipe.name}: {len(ctx.token_ids)} tokens, {len(ctx.windows)} windows, {args.threads} threads, "
-          f"{args.repeats} alternating repeats, {args.clock} clock")
+          f"{args.repeats} alternating repeats, {args.clock} clock, malloc {malloc}")
     print("policy | baseline s (median) | policy s (median) | speed vs baseline (median of pairs) | worst pair")
     for n, b, q, r, lo in rows:
         print(f"{n} | {b:.2f} | {q:.2f} | {r:.2f}x | {lo:.2f}x")
