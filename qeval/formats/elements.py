@@ -38,6 +38,13 @@ def div(a: torch.Tensor, divisor: float) -> torch.Tensor:
     return a / torch.tensor(divisor, dtype=a.dtype, device=a.device)
 
 
+def decode_scale(amax: torch.Tensor, vmax: float) -> torch.Tensor:
+    """``amax / vmax`` in float32, with 1.0 where that is 0 (amax 0, or so small that the
+    quotient underflows: no 0/0 quotients downstream). FP8's scale and NVFP4's global scale."""
+    s = div(amax.float(), vmax)
+    return torch.where(s == 0, torch.ones_like(s), s)
+
+
 def cast_fp8(v: torch.Tensor, dtype: torch.dtype, finite: bool = False) -> torch.Tensor:
     """Saturating RNE cast of float32 ``v`` to an FP8 dtype.
 

@@ -12,16 +12,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from .base import Format, QTensor, Role, blocks_of, crop_last, finite_abs, pad_last
-from .elements import FP8_DTYPES, FP8_MAX, cast_fp8, div, round_fp8
+from .elements import FP8_DTYPES, FP8_MAX, cast_fp8, decode_scale, round_fp8
 
 BLOCK = 128
-
-
-def decode_scale(amax: torch.Tensor, fmax: float) -> torch.Tensor:
-    """``amax / fmax`` in float32, with 1.0 where amax is 0."""
-    amax = amax.float()
-    s = div(amax, fmax)
-    return torch.where(s == 0, torch.ones_like(s), s)  # amax 0, or so small that the quotient underflows
 
 
 def _abs_max(xf: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, bool]:

@@ -16,16 +16,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from .base import Format, QTensor, Role, block_max, blocks_of, crop_last, finite_abs, pad_last
-from .elements import E2M1_MAX, E4M3_MAX, div, e2m1_decode, e2m1_encode, pack_fp4, round_e2m1, round_fp8, unpack_fp4
+from .elements import (E2M1_MAX, E4M3_MAX, decode_scale, e2m1_decode, e2m1_encode, pack_fp4, round_e2m1, round_fp8,
+                       unpack_fp4)
 
 BLOCK = 16
 SCALE_MIN = 2.0**-9
-
-
-def global_decode_scale(amax: torch.Tensor) -> torch.Tensor:
-    amax = amax.float()
-    s = div(amax, E2M1_MAX * E4M3_MAX)
-    return torch.where(s == 0, torch.ones_like(s), s)  # amax 0, or so small that the quotient underflows
 
 
 @dataclass(frozen=True)
@@ -41,7 +36,7 @@ class NVFP4Format(Format):
         all_finite = bool(finite.all())
         if not all_finite:  # the scales come from the finite values only
             block_amax = finite_abs(blocks).amax(-1)
-        s_g = global_decode_scale(amax if amax is not None else block_amax.amax())
+        s_g = decode_scale(amax if amax is not None else block_amax.amax(), E2M1_MAX * E4M3_MAX)
         s_b = block_amax.float() / (E2M1_MAX * s_g)
         s_b = s_b.masked_fill_(s_b == 0, 1.0).clamp_(SCALE_MIN, E4M3_MAX)
         s_b = round_fp8(s_b, torch.float8_e4m3fn, finite=True, inplace=True)  # E4M3's values, no FP8 tensor

@@ -52,6 +52,13 @@ def nan_like(x):
 
 
 @triton.jit
+def decode_scale(amax, VMAX: tl.constexpr):
+    """``amax / VMAX`` correctly rounded, 1.0 where that is 0 (the reference's ``elements.decode_scale``)."""
+    s = tl.math.div_rn(amax, VMAX)
+    return tl.where(s == 0.0, 1.0, s)
+
+
+@triton.jit
 def e2m1_round(v):
     """RNE of float32 ``v`` onto the E2M1 grid, saturating at +-6, keeping the sign bit.
 

@@ -15,14 +15,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (abs_bits, all_ok, cast_fp8_bits, cast_fp8_finite, finite_abs, fp8_bits_to_f32, quotient_ok,
-                      tile_ids)
-
-
-@triton.jit
-def decode_scale(amax, FMAX: tl.constexpr):
-    s = tl.math.div_rn(amax, FMAX)
-    return tl.where(s == 0.0, 1.0, s)  # amax 0, or so small that the quotient underflows
+from ._common import (abs_bits, all_ok, cast_fp8_bits, cast_fp8_finite, decode_scale, finite_abs, fp8_bits_to_f32,
+                      quotient_ok, tile_ids)
 
 
 @triton.jit

@@ -109,19 +109,25 @@ def _scalar_shape(amax) -> tuple[int, ...]:
 
 
 # --- NVFP4 -----------------------------------------------------------------
-def run_nvfp4(fmt: NVFP4Format, x: torch.Tensor, amax, role: str, fake: bool):
+def run_nvfp4(fmt: NVFP4Format, x: torch.Tensor, amax, role: str, fake: bool,
+              split_dtype: torch.dtype | None = None):
+    """Packed QTensor, or fake-quantized x, or with ``split_dtype`` (value x block scale in that
+    dtype, global scale): the exact emulation's operand."""
     x2 = _as_2d(x)
     m, k = x2.shape
     kp = triton.cdiv(k, 16) * 16
-    cfg = tuning.config("nvfp4" if fake else "nvfp4_quant", x.device)
+    values = fake or split_dtype is not None
+    cfg = tuning.config("nvfp4" if values else "nvfp4_quant", x.device)
     bm, bk = _tile(kp, 16, cfg)
     grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp, bk), cfg)
     a = _amax_arg(x2, amax)
-    if fake:
-        out = torch.empty_like(x2)
-        nvfp4_kernel[grid](x2, out, out, out, a, a, m, k, kp, x2.stride(0), out.stride(0), 0, 0,
-                           FAKE=True, BM=bm, BK=bk, KFAST=kfast, num_warps=cfg["warps"], **LAUNCH)
-        return out.reshape(x.shape)
+    if values:
+        out = torch.empty(m, k, dtype=split_dtype or x2.dtype, device=x.device)
+        gs = a if split_dtype is None else torch.empty(1, dtype=torch.float32, device=x.device)
+        nvfp4_kernel[grid](x2, out, out, out, a, gs, m, k, kp, x2.stride(0), out.stride(0), 0, 0,
+                           FAKE=True, SPLIT=split_dtype is not None, BM=bm, BK=bk, KFAST=kfast,
+                           num_warps=cfg["warps"], **LAUNCH)
+        return out.reshape(x.shape) if split_dtype is None else (out.reshape(x.shape), gs.reshape(_scalar_shape(amax)))
     q = torch.empty(m, kp // 2, dtype=torch.uint8, device=x.device)
     s = torch.empty(m, kp // 16, dtype=torch.uint8, device=x.device)
     gs = torch.empty(1, dtype=torch.float32, device=x.device)
@@ -185,7 +191,7 @@ def run_fp8(fmt: FP8Format, x: torch.Tensor, amax, role: str, fake: bool):
     return _fp8_block(fmt, x, role, fake)
 
 
-def _fp8_tensor(fmt, x, amax, role, fake):
+def _fp8_tensor(fmt, x, amax, role, fake, split_dtype: torch.dtype | None = None):
     flat = x.contiguous().reshape(-1)
     n = flat.numel()
     a = _amax_arg(flat, amax)
@@ -193,10 +199,11 @@ def _fp8_tensor(fmt, x, amax, role, fake):
     block = cfg["tile"]
     grid = (triton.cdiv(n, block),)
     flags = dict(**_fp8_flags(fmt), BLOCK=block, num_warps=cfg["warps"], **LAUNCH)
-    if fake:
-        out = torch.empty_like(flat)
-        fp8_tensor_kernel[grid](flat, out, out, a, a, n, FAKE=True, **flags)
-        return out.reshape(x.shape)
+    if fake or split_dtype is not None:
+        out = torch.empty(n, dtype=split_dtype or flat.dtype, device=x.device)
+        s = a if split_dtype is None else torch.empty(1, dtype=torch.float32, device=x.device)
+        fp8_tensor_kernel[grid](flat, out, out, a, s, n, FAKE=True, SPLIT=split_dtype is not None, **flags)
+        return out.reshape(x.shape) if split_dtype is None else (out.reshape(x.shape), s.reshape(_scalar_shape(amax)))
     q = torch.empty(n, dtype=fmt.dtype, device=x.device)
     s = torch.empty(1, dtype=torch.float32, device=x.device)
     fp8_tensor_kernel[grid](flat, flat, q.view(torch.uint8), a, s, n, FAKE=False, **flags)
@@ -310,32 +317,12 @@ def split(fmt, x: torch.Tensor, amax, dtype: torch.dtype):
     in one kernel (plus an amax pass when dynamic per tensor), for FP8 per tensor / per row
     and NVFP4; None for other formats. The inner values are exact in BF16 / FP16 / FP32."""
     if isinstance(fmt, NVFP4Format):
-        x2 = _as_2d(x)
-        m, k = x2.shape
-        kp = triton.cdiv(k, 16) * 16
-        cfg = tuning.config("nvfp4", x.device)
-        bm, bk = _tile(kp, 16, cfg)
-        grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp, bk), cfg)
-        a = _amax_arg(x2, amax)
-        out = torch.empty(m, k, dtype=dtype, device=x.device)
-        gs = torch.empty(1, dtype=torch.float32, device=x.device)
-        nvfp4_kernel[grid](x2, out, out, out, a, gs, m, k, kp, x2.stride(0), out.stride(0), 0, 0,
-                           FAKE=True, SPLIT=True, BM=bm, BK=bk, KFAST=kfast, num_warps=cfg["warps"], **LAUNCH)
-        return out.reshape(x.shape), gs.reshape(_scalar_shape(amax))
+        return run_nvfp4(fmt, x, amax, "activation", fake=True, split_dtype=dtype)
     if isinstance(fmt, FP8Format) and fmt.granularity == "row":
         inner, s = fp8_row_quant(_as_2d(x), fmt, split_dtype=dtype)
         return inner.reshape(x.shape), s.reshape(*x.shape[:-1], 1)
     if isinstance(fmt, FP8Format) and fmt.granularity == "tensor":
-        flat = x.contiguous().reshape(-1)
-        n = flat.numel()
-        a = _amax_arg(flat, amax)
-        cfg = tuning.config("fp8_tensor", x.device)
-        out = torch.empty(n, dtype=dtype, device=x.device)
-        s = torch.empty(1, dtype=torch.float32, device=x.device)
-        fp8_tensor_kernel[(triton.cdiv(n, cfg["tile"]),)](flat, out, out, a, s, n, FAKE=True, SPLIT=True,
-                                                          **_fp8_flags(fmt), BLOCK=cfg["tile"],
-                                                          num_warps=cfg["warps"], **LAUNCH)
-        return out.reshape(x.shape), s.reshape(_scalar_shape(amax))
+        return _fp8_tensor(fmt, x, amax, "activation", fake=True, split_dtype=dtype)
     return None
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (all_ok, e2m1_code, e2m1_code_fast, e2m1_round, e2m1_value, half_to_f32, load_pairs,
+from ._common import (all_ok, decode_scale, e2m1_code, e2m1_code_fast, e2m1_round, e2m1_value, half_to_f32, load_pairs,
                       nan_like, pack_nibbles, quotient_ok, tile_ids)
 
 G = 16
@@ -35,8 +35,7 @@ def nvfp4_kernel(
     xb = tl.reshape(x.to(tl.float32), (BM, NB, 16))
 
     amax = tl.load(amax_ptr)
-    s_g = tl.math.div_rn(amax, 2688.0)
-    s_g = tl.where(s_g == 0.0, 1.0, s_g)
+    s_g = decode_scale(amax, 2688.0)
 
     bits = xb.to(tl.int32, bitcast=True) & 0x7FFFFFFF
     mb = tl.max(bits, axis=2)  # NaN/Inf blocks come out >= INF bits
@@ -91,8 +90,7 @@ def nvfp4_quant_pairs_kernel(
     xo = tl.reshape(half_to_f32(hi, SRC), (BM, NB, 8))
 
     amax = tl.load(amax_ptr)
-    s_g = tl.math.div_rn(amax, 2688.0)
-    s_g = tl.where(s_g == 0.0, 1.0, s_g)
+    s_g = decode_scale(amax, 2688.0)
     mb = tl.maximum(tl.max(xe.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2),
                     tl.max(xo.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2))
     nonfinite = mb >= 0x7F800000
