@@ -97,10 +97,15 @@ def log_softmax_rows(logits: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     return out
 
 
-def nll_sum(logp: torch.Tensor, targets: torch.Tensor) -> float:
-    """Sum of ``-log p(target)`` in float64."""
+def nll_total(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum of ``-log p(target)`` in float64, as a 0-d tensor on logp's device (no host sync)."""
     picked = logp.gather(1, targets.to(logp.device).view(-1, 1)).squeeze(1)
-    return float(-picked.double().sum())
+    return -picked.double().sum()
+
+
+def nll_sum(logp: torch.Tensor, targets: torch.Tensor) -> float:
+    """``nll_total`` as a Python float."""
+    return float(nll_total(logp, targets))
 
 
 @torch.no_grad()

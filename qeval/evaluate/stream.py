@@ -21,7 +21,7 @@ import torch
 from qeval.uncertainty import bootstrap_interval, bootstrap_quantile, bootstrap_summary, exp_interval, ratio_estimate
 
 from .divergence import BaselineSpill, kl_rows, percentile
-from .perplexity import Window, log_softmax_rows, window_logits
+from .perplexity import Window, log_softmax_rows, nll_total, window_logits
 
 
 @dataclass
@@ -122,6 +122,14 @@ def windows_key(token_ids: torch.Tensor, windows: list[Window]) -> str:
     return h.hexdigest()
 
 
+def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` itself on the CPU; from a GPU, a pinned copy that arrives without the host waiting."""
+    if t is None or not t.is_cuda:
+        return t
+    out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return out.copy_(t, non_blocking=True)
+
+
 class _Readback:
     """One window's sums, copied to the host without waiting: ``stats()`` waits for them.
 
@@ -133,16 +141,10 @@ class _Readback:
 
     def __init__(self, index: int, n: int, sums: torch.Tensor, kl: torch.Tensor | None):
         self.index, self.n = index, n
+        self.sums, self.kl, self.event = _to_host(sums), _to_host(kl), None
         if sums.is_cuda:
-            self.sums = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=True)
-            self.sums.copy_(sums, non_blocking=True)
-            self.kl = None if kl is None else torch.empty(kl.shape, dtype=kl.dtype, pin_memory=True)
-            if kl is not None:
-                self.kl.copy_(kl, non_blocking=True)
             self.event = torch.cuda.Event()
             self.event.record(torch.cuda.current_stream(sums.device))
-        else:
-            self.sums, self.kl, self.event = sums, kl, None
 
     def stats(self) -> WindowStats:
         if self.event is not None:
@@ -174,13 +176,11 @@ def local_pass(model, token_ids, windows, spill, *, baseline, device=None, shard
         logits = window_logits(model, token_ids, w, device)
         logq = log_softmax_rows(logits, chunk)
         del logits
-        targets = token_ids[w.first_target : w.stop_target]
-        nll = -logq.gather(1, targets.to(logq.device).view(-1, 1)).squeeze(1).double().sum()
+        nll = nll_total(logq, token_ids[w.first_target : w.stop_target])
         finite = torch.isfinite(logq).all(-1)
-        kl = None
-        zero = torch.zeros((), dtype=torch.float64, device=logq.device)
-        kl_sum = top1 = zero
         if baseline:
+            kl = None
+            kl_sum = top1 = torch.zeros((), dtype=torch.float64, device=logq.device)
             if not opened:  # the vocabulary size is known only now
                 spill.open_write(rows, logq.shape[-1])
                 opened = True
