@@ -133,9 +133,9 @@ def gemm(
             if out is not None:
                 return out
         acc = _mm32(x_op, w_op)
-    if not acc.is_cuda:  # acc is a new tensor: on a CPU a new [M, N] one costs more than the pass itself
-        return epilogue_torch(acc, x_outer, w_outer, bias, out_dtype, inplace=True)
-    return epilogue(acc, x_outer, w_outer, bias, out_dtype)
+    # acc is this function's own new tensor: the epilogue may work in it (on a CPU a new [M, N]
+    # tensor costs more than the pass itself)
+    return epilogue(acc, x_outer, w_outer, bias, out_dtype, inplace=True)
 
 
 # How a CUDA GEMM gets its epilogue: "cublas" (torch.mm with FP32 output, then one fused pass), "triton"
@@ -146,10 +146,11 @@ def gemm(
 CUDA_GEMM = "cublas"
 
 
-def epilogue(acc: torch.Tensor, x_outer, w_outer, bias, out_dtype: torch.dtype) -> torch.Tensor:
+def epilogue(acc: torch.Tensor, x_outer, w_outer, bias, out_dtype: torch.dtype, inplace: bool = False) -> torch.Tensor:
     """``(acc * x_outer * w_outer + bias).to(out_dtype)`` in float32, one rounding at the end.
 
     On a GPU one fused kernel (``qeval.kernels.epilogue``) does the same operations in one pass.
+    ``inplace``: the plain-torch path may overwrite ``acc``.
     """
     if acc.is_cuda and CUDA_GEMM != "torch":
         from qeval import kernels
@@ -157,7 +158,7 @@ def epilogue(acc: torch.Tensor, x_outer, w_outer, bias, out_dtype: torch.dtype) 
         out = kernels.epilogue(acc, x_outer, w_outer, bias, out_dtype)
         if out is not None:
             return out
-    return epilogue_torch(acc, x_outer, w_outer, bias, out_dtype)
+    return epilogue_torch(acc, x_outer, w_outer, bias, out_dtype, inplace)
 
 
 def epilogue_torch(acc: torch.Tensor, x_outer, w_outer, bias, out_dtype: torch.dtype, inplace: bool = False) -> torch.Tensor:
