@@ -169,7 +169,7 @@ def run_qeval(model, tok, text_path: Path, work: Path, tokens: int, window: int,
 
 def first_quantize(model, tok, text_path: Path, window: int = 2048) -> str:
     """Quantize, one forward of a window, restore: once per policy before the timed runs, so that
-    every kernel (weight and activation quantizers, the epilogue) is compiled; their seconds."""
+    every kernel (weight and activation quantizers, the epilogue, the metrics) is compiled; their seconds."""
     from qeval.data import calibration_batches
     from qeval.quantize import dequantize_model, quantize_model
 
@@ -189,6 +189,13 @@ def first_quantize(model, tok, text_path: Path, window: int = 2048) -> str:
         dequantize_model(model)
         _sync()
         out.append(f"{name} {t1 - fwd - t:.2f} + {time.perf_counter() - t1:.2f} s (first forward {fwd:.2f} s)")
+    from qeval.evaluate.fused import row_metrics
+
+    lp = torch.zeros(2, model.config.vocab_size, device=model.get_output_embeddings().weight.device)
+    t = time.perf_counter()
+    row_metrics(lp, lp)  # the policy passes' metrics kernel compiles here, not in the first timed pass
+    _sync()
+    out.append(f"metrics kernel {time.perf_counter() - t:.2f} s")
     return ", ".join(out)
 
 

@@ -26,10 +26,13 @@ from qeval.kernels import launch, tuning
 
 TILES = [dict(tile=t, max_bk=b, warps=w) for t, b, w in ((4096, 512, 4), (8192, 512, 8), (8192, 1024, 4), (16384, 1024, 8))]
 CANDIDATES = {
-    "nvfp4": TILES, "mx": TILES, "mx_quant": TILES, "fp4_pairs": TILES, "fp4_dequant": TILES, "fp8_block": TILES,
+    "nvfp4": TILES, "mx": TILES,
+    "mx_quant": TILES + [dict(tile=8192, max_bk=256, warps=4), dict(tile=16384, max_bk=512, warps=8)], "fp4_pairs": TILES, "fp4_dequant": TILES, "fp8_block": TILES,
     "fp8_tensor": [dict(tile=t, warps=w) for t, w in ((4096, 4), (8192, 8), (16384, 8))],
-    "fp8_tile2d": [dict(warps=w) for w in (8, 16)],
-    "fp8_row": [dict(max_single=16384), dict(max_single=32768, max_warps=32, per_thread=32)],
+    "fp8_tile2d": [dict(warps=w) for w in (4, 8, 16)],
+    "fp8_row": [dict(max_single=16384), dict(max_single=32768, max_warps=32, per_thread=32),
+                dict(max_single=8192, sweep_bk=8192, sweep_warps=16), dict(max_single=8192, sweep_bk=4096, sweep_warps=8),
+                dict(max_single=16384, sweep_bk=2048, sweep_warps=4), dict(max_single=16384, sweep_bk=8192, sweep_warps=8)],
     "amax": [dict(block=b, iters=i, warps=w) for b, i, w in ((4096, 8, 8), (16384, 2, 16))],
     "nvfp4_quant": TILES[:2],  # packed NVFP4 of an odd-width or misaligned tensor (no pair reads)
 }
@@ -70,6 +73,13 @@ def operations(x: torch.Tensor) -> dict:
                     lambda: kernels.quantize_fp8_rowwise(act)],
         "amax": [lambda: kernels.global_amax(x)],
     }
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Writes a shape shared by two keys twice, not as a YAML anchor and alias."""
+
+    def ignore_aliases(self, data):
+        return True
 
 
 def tune(keys=None, rep=60, orders=False) -> dict:
@@ -118,10 +128,12 @@ def main(argv=None) -> int:
             text = f.read()
         data = yaml.safe_load(text)
         devices = data.get("devices") or {}
-        devices[name] = {**devices.get(name, {}), **best}
+        own = devices.get(name) or {}
+        # a candidate was measured over the GPU's current entry (tuning.config merges them): store both
+        devices[name] = {**own, **{key: {**(own.get(key) or {}), **cand} for key, cand in best.items()}}
         head = text.split("\ndefault:")[0]  # keep the comment block
-        body = yaml.safe_dump({"default": data["default"], "devices": devices}, default_flow_style=None,
-                              sort_keys=False, width=120)
+        body = yaml.dump({"default": data["default"], "devices": devices}, Dumper=_NoAliases, default_flow_style=None,
+                         sort_keys=False, width=120)
         with open(args.write, "w") as f:
             f.write(head + "\n" + body)
     return 0

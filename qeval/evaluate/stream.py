@@ -21,6 +21,7 @@ import torch
 from qeval.uncertainty import bootstrap_interval, bootstrap_quantile, bootstrap_summary, exp_interval, ratio_estimate
 
 from .divergence import BaselineSpill, kl_rows, percentile
+from .fused import row_metrics
 from .perplexity import Window, log_softmax_rows, nll_total, window_logits
 
 
@@ -177,8 +178,8 @@ def local_pass(model, token_ids, windows, spill, *, baseline, device=None, shard
         logq = log_softmax_rows(logits, chunk)
         del logits
         nll = nll_total(logq, token_ids[w.first_target : w.stop_target])
-        finite = torch.isfinite(logq).all(-1)
         if baseline:
+            finite = torch.isfinite(logq).all(-1)
             kl = None
             kl_sum = top1 = torch.zeros((), dtype=torch.float64, device=logq.device)
             if not opened:  # the vocabulary size is known only now
@@ -187,13 +188,17 @@ def local_pass(model, token_ids, windows, spill, *, baseline, device=None, shard
             spill.write(w.index, logq)
         else:
             logp = spill.read(w.index, logq.device)
-            finite &= torch.isfinite(logp).all(-1)
-            kl = kl_rows(logp, logq, chunk)
+            fused = row_metrics(logp, logq)  # one read of each on a GPU, else the torch reference
+            if fused is None:
+                finite = torch.isfinite(logq).all(-1) & torch.isfinite(logp).all(-1)
+                kl, top_q = kl_rows(logp, logq, chunk), logq.argmax(-1)
+            else:
+                kl, finite, top_q = fused
             # a NaN row is no match and no small divergence: KL NaN, top-1 miss (argmax of two NaN rows agrees)
             kl = torch.where(finite, kl, torch.full_like(kl, math.nan))
             kl_sum = kl.double().sum()
             # the store keeps the baseline's argmax from before any rounding: top-1 is exact
-            top1 = ((spill.argmax(w.index, logq.device) == logq.argmax(-1)) & finite).sum().double()
+            top1 = ((spill.argmax(w.index, logq.device) == top_q) & finite).sum().double()
         sums = torch.stack([nll, kl_sum, top1, (~finite).sum().double()])
         if pending is not None:
             local.append(pending.stats())

@@ -179,17 +179,45 @@ def half_to_f32(h, SRC: tl.constexpr):
 
 
 # --- fast paths ----------------------------------------------------------------
-# A program takes them when every quotient x / d of its tile is finite (``quotient_ok``,
-# decided from the tile's amax, which the scales need anyway: deciding after the division
-# made the FP8 kernels wait on it, 98% -> 55% of copy on the H200); otherwise it runs the
-# general code above. Both give the same bits.
+# A program takes them when every quotient x / d of its tile can be computed by
+# ``div_fast`` (``quotient_ok``, decided from the tile's amax, which the scales need
+# anyway: deciding after the division made the FP8 kernels wait on it, 98% -> 55% of
+# copy on the H200); otherwise it runs the general code above. Both give the same bits.
+
+D_MIN = tl.constexpr(8.673617379884035e-19)  # 2^-60: d * y, q * d and the residuals stay normal (exact)
+D_MAX = tl.constexpr(1.2676506002282294e30)  # 2^100: 1 / d stays normal
 
 
 @triton.jit
 def quotient_ok(mb, d):
-    """Per scale group: whether x / d is finite for every x of the group, given ``mb`` its max |x|
-    bits (int32) and ``d`` its divisor (float32): no NaN/Inf, no zero divisor, no overflow."""
-    return (mb < 0x7F800000) & (d > 0.0) & (mb.to(tl.float32, bitcast=True) <= d * 1.2676506002282294e30)
+    """Per scale group: whether ``div_fast`` gives x / d for every x of the group, given ``mb``
+    its max |x| bits (int32) and ``d`` its divisor (float32): no NaN/Inf, d in [2^-60, 2^100],
+    no quotient overflow."""
+    return (mb < 0x7F800000) & (d >= D_MIN) & (d <= D_MAX) & (mb.to(tl.float32, bitcast=True) <= d * D_MAX)
+
+
+@triton.jit
+def recip(d):
+    """RN(1 / d), once per scale group, for ``div_fast``."""
+    return tl.math.div_rn(1.0, d)
+
+
+@triton.jit
+def div_fast(x, d, y):
+    """RN(x / d) given y = RN(1 / d), on groups where ``quotient_ok`` holds: the FP8 / E2M1
+    codes of ``div_rn``'s bits at a third of its instructions (the kernels are issue-bound).
+
+    q0 = x * y is within 1.5 ulp of x / d; each step r = x - q d (exact by FMA), q + r y
+    halves that, and once q is within 1 ulp the step returns the correctly rounded
+    quotient (Markstein's theorem, y = RN(1 / d)). The bounds on d keep every step
+    exact for |x / d| >= 2^-20; below that (a residual may underflow) the result can
+    miss by an ulp, but still has x's sign and rounds to zero on every FP8 / E2M1 grid.
+    The sign is ORed back in because x = -0 gives +0 + -0 = +0 in the last step."""
+    nd = -d  # once per group (before the broadcast)
+    q = x * y
+    q = tl.math.fma(tl.math.fma(q, nd, x), y, q)
+    q = tl.math.fma(tl.math.fma(q, nd, x), y, q)
+    return (q.to(tl.int32, bitcast=True) | (x.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -206,8 +234,13 @@ def cast_fp8_finite(v, FP8: tl.constexpr):
 
 
 @triton.jit
-def e2m1_code_fast(r):
-    """``e2m1_code`` for a finite value on the E2M1 grid: r * 2^-126 has the code's
-    magnitude in float32 bits 22-24 (0.5 becomes the subnormal 2^-127), and the sign in bit 31."""
-    b = (r * 1.1754943508222875e-38).to(tl.int32, bitcast=True)
-    return ((b >> 22) & 7) | ((b >> 28) & 8)
+def e2m1_code_finite(v):
+    """``e2m1_code(e2m1_round(v))`` for finite v, from v's bits in a dozen integer ops:
+    |v| >= 1 rounds its mantissa to one bit (ties to even; the carry moves the exponent) and
+    the code is read off exponent and bit (1.0 -> 2 ... 6.0 -> 7, larger saturates to 7);
+    |v| < 1 is 2|v| rounded to 0, 1 or 2 (adding 1.5 * 2^23 makes the FMA round there)."""
+    b = v.to(tl.int32, bitcast=True)
+    mb = b & 0x7FFFFFFF
+    big = tl.minimum(((mb + 0x1FFFFF + ((mb >> 22) & 1)) >> 22) - 252, 7)
+    small = tl.math.fma(mb.to(tl.float32, bitcast=True), 2.0, 12582912.0).to(tl.int32, bitcast=True) & 3
+    return tl.where(mb < 0x3F800000, small, big) | ((b >> 28) & 8)

@@ -15,17 +15,20 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (abs_bits, all_ok, cast_fp8_bits, cast_fp8_finite, decode_scale, finite_abs, fp8_bits_to_f32,
-                      quotient_ok, tile_ids)
+from ._common import (abs_bits, all_ok, cast_fp8_bits, cast_fp8_finite, decode_scale, div_fast, finite_abs,
+                      fp8_bits_to_f32, quotient_ok, recip, tile_ids)
 
 
 @triton.jit
 def to_codes(x, d, fast, FP8: tl.constexpr, FMAX: tl.constexpr, INF_POS: tl.constexpr, INF_NEG: tl.constexpr,
              NAN_CODE: tl.constexpr):
-    """FP8 codes of ``x / d``; ``fast``: every quotient is finite (no Inf/NaN patching)."""
+    """FP8 codes of ``x / d``; ``fast``: ``quotient_ok`` holds for the tile (``div_fast``, no
+    Inf/NaN patching)."""
     if fast:
-        return cast_fp8_finite(tl.math.div_rn(x, d), FP8)
-    return cast_fp8_bits(tl.math.div_rn(x, d), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+        q = cast_fp8_finite(div_fast(x, d, recip(d)), FP8)
+    else:  # (no early return: Triton can't lower one inside the row sweep's loop)
+        q = cast_fp8_bits(tl.math.div_rn(x, d), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+    return q
 
 
 @triton.jit
@@ -101,16 +104,20 @@ def fp8_row_kernel(
         _store_rows(q, s, out_ptr, q_ptr, rm, rk, som, sqm, mask, FAKE, SPLIT, FP8)
     else:
         amax = tl.zeros([BM], tl.float32)
+        mb = tl.zeros([BM], tl.int32)  # max |x| bits, NaN/Inf included: decides the fast path
         for k0 in range(0, K, BK):
             rk = k0 + tl.arange(0, BK)
             x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=row_ok & (rk[None, :] < K), other=0.0)
-            amax = tl.maximum(amax, tl.max(finite_abs(x.to(tl.float32)), axis=1))
+            x = x.to(tl.float32)
+            amax = tl.maximum(amax, tl.max(finite_abs(x), axis=1))
+            mb = tl.maximum(mb, tl.max(abs_bits(x), axis=1))
         s = decode_scale(amax, FMAX)
+        fast = all_ok(quotient_ok(mb, s))
         for k0 in range(0, K, BK):
             rk = k0 + tl.arange(0, BK)
             mask = row_ok & (rk[None, :] < K)
             x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=mask, other=0.0).to(tl.float32)
-            q = cast_fp8_bits(tl.math.div_rn(x, s[:, None]), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+            q = to_codes(x, s[:, None], fast, FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
             _store_rows(q, s, out_ptr, q_ptr, rm, rk, som, sqm, mask, FAKE, SPLIT, FP8)
     if SPLIT or not FAKE:
         tl.store(s_ptr + rm, s, mask=rm < M)

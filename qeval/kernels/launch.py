@@ -223,7 +223,7 @@ def fp8_row_quant(x2: torch.Tensor, fmt: FP8Format, out_rows: int | None = None,
         bm = max(1, cfg["tile"] // bk)
         warps = max(cfg["warps"], min(cfg["max_warps"], bk // (32 * cfg["per_thread"])))
     else:  # two sweeps; one row per program keeps the re-read in L2
-        bk, bm, warps = 4096, 1, 8
+        bk, bm, warps = cfg["sweep_bk"], 1, cfg["sweep_warps"]
     grid = (triton.cdiv(m, bm),)
     flags = dict(**_fp8_flags(fmt), BM=bm, BK=bk, SINGLE=single, num_warps=warps, **LAUNCH)
     if fake or split_dtype is not None:

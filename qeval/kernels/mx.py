@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (cast_fp8_bits, cast_fp8_finite, e2m1_code, e2m1_code_fast, e2m1_round, fp8_bits_to_f32,
+from ._common import (cast_fp8_bits, cast_fp8_finite, e2m1_code, e2m1_code_finite, e2m1_round, fp8_bits_to_f32,
                       half_to_f32, load_pairs, nan_like, pack_nibbles, tile_ids)
 
 G = 32
@@ -66,8 +66,8 @@ def mx_kernel(
     v = xb * inv[:, :, None]
     finite = tl.max(mb, axis=None) < 0x7F800000
     if FP4:
-        r = e2m1_round(v)
-        deq = r
+        if FAKE:
+            deq = e2m1_round(v)
     else:
         if finite:
             qb = cast_fp8_finite(v, tl.float8e4nv)
@@ -81,9 +81,9 @@ def mx_kernel(
     else:
         if FP4:
             if finite:
-                code = tl.reshape(e2m1_code_fast(r), (BM, BK))
+                code = tl.reshape(e2m1_code_finite(v), (BM, BK))
             else:
-                code = tl.reshape(e2m1_code(r), (BM, BK))
+                code = tl.reshape(e2m1_code(e2m1_round(v)), (BM, BK))
             packed = pack_nibbles(code, BM, BK)
             rp = pid_k * (BK // 2) + tl.arange(0, BK // 2)
             tl.store(q_ptr + rm[:, None] * sqm + rp[None, :], packed, mask=row_ok & (rp[None, :] < KP // 2))
@@ -118,8 +118,8 @@ def mxfp4_quant_pairs_kernel(
     inv = tl.where(e == 127, 0x00400000, (127 - e) << 23).to(tl.float32, bitcast=True)
     inv = tl.where(nonfinite, nan_like(inv), inv)
     if tl.max(mb, axis=None) < 0x7F800000:
-        ce = e2m1_code_fast(e2m1_round(xe * inv[:, :, None]))
-        co = e2m1_code_fast(e2m1_round(xo * inv[:, :, None]))
+        ce = e2m1_code_finite(xe * inv[:, :, None])
+        co = e2m1_code_finite(xo * inv[:, :, None])
     else:
         ce = e2m1_code(e2m1_round(xe * inv[:, :, None]))
         co = e2m1_code(e2m1_round(xo * inv[:, :, None]))

@@ -4,7 +4,7 @@ Mirrors ``qeval.formats.nvfp4`` step for step: ``s_g = amax / 2688`` (1 if that 
 ``s_b = e4m3(clamp(amax_b / (6 s_g), 2^-9, 448))`` (1 for an all-zero block,
 NaN for a block holding NaN/Inf), ``q = RNE_E2M1(x / (fp32(s_b) * s_g))``.
 A tile whose quotients are all finite (``_common.quotient_ok``) takes the
-short code path (``e2m1_code_fast``), with the same bits. ``SPLIT`` (the exact emulation's
+short code path (``div_fast``, ``e2m1_code_finite``), with the same bits. ``SPLIT`` (the exact emulation's
 GEMM operand) writes ``value x block scale`` (at most 6 significant bits:
 exact in BF16/FP16) and the global scale, instead of the fake-quantized value.
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (all_ok, decode_scale, e2m1_code, e2m1_code_fast, e2m1_round, e2m1_value, half_to_f32, load_pairs,
-                      nan_like, pack_nibbles, quotient_ok, tile_ids)
+from ._common import (all_ok, decode_scale, div_fast, e2m1_code, e2m1_code_finite, e2m1_round, e2m1_value, half_to_f32,
+                      load_pairs, nan_like, pack_nibbles, quotient_ok, recip, tile_ids)
 
 G = 16
 
@@ -49,8 +49,13 @@ def nvfp4_kernel(
     sbf = tl.where(nonfinite, nan_like(sb), sb8.to(tl.float32))
     eff = sbf * s_g
 
-    r = e2m1_round(tl.math.div_rn(xb, eff[:, :, None]))
+    fast = all_ok(quotient_ok(mb, eff))
+    if fast:
+        q = div_fast(xb, eff[:, :, None], recip(eff)[:, :, None])
+    else:
+        q = tl.math.div_rn(xb, eff[:, :, None])
     if FAKE:
+        r = e2m1_round(q)
         if SPLIT:
             out = tl.reshape(r * sbf[:, :, None], (BM, BK))
             tl.store(gs_ptr, s_g, mask=(pid_m == 0) & (pid_k == 0))
@@ -59,10 +64,10 @@ def nvfp4_kernel(
         tl.store(out_ptr + rm[:, None] * som + rk[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=row_ok & (rk[None, :] < K))
     else:
-        if all_ok(quotient_ok(mb, eff)):
-            code = tl.reshape(e2m1_code_fast(r), (BM, BK))
+        if fast:
+            code = tl.reshape(e2m1_code_finite(q), (BM, BK))
         else:
-            code = tl.reshape(e2m1_code(r), (BM, BK))
+            code = tl.reshape(e2m1_code(e2m1_round(q)), (BM, BK))
         packed = pack_nibbles(code, BM, BK)
         rp = pid_k * (BK // 2) + tl.arange(0, BK // 2)
         tl.store(q_ptr + rm[:, None] * sqm + rp[None, :], packed, mask=row_ok & (rp[None, :] < KP // 2))
@@ -101,14 +106,13 @@ def nvfp4_quant_pairs_kernel(
     sb8 = sb.to(tl.float8e4nv, fp_downcast_rounding="rtne")
     eff = tl.where(nonfinite, nan_like(sb), sb8.to(tl.float32)) * s_g
 
-    re = e2m1_round(tl.math.div_rn(xe, eff[:, :, None]))
-    ro = e2m1_round(tl.math.div_rn(xo, eff[:, :, None]))
     if all_ok(quotient_ok(mb, eff)):
-        ce = e2m1_code_fast(re)
-        co = e2m1_code_fast(ro)
+        y = recip(eff)[:, :, None]
+        ce = e2m1_code_finite(div_fast(xe, eff[:, :, None], y))
+        co = e2m1_code_finite(div_fast(xo, eff[:, :, None], y))
     else:
-        ce = e2m1_code(re)
-        co = e2m1_code(ro)
+        ce = e2m1_code(e2m1_round(tl.math.div_rn(xe, eff[:, :, None])))
+        co = e2m1_code(e2m1_round(tl.math.div_rn(xo, eff[:, :, None])))
     packed = tl.reshape(ce | (co << 4), (BM, BH)).to(tl.uint8)
     tl.store(q_ptr + rm[:, None] * sqm + rh[None, :], packed, mask=row_ok & (rh[None, :] < KP // 2))
     sbits = tl.where(nonfinite, 0x7F, sb8.to(tl.uint8, bitcast=True).to(tl.int32)).to(tl.uint8)
