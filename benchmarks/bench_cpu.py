@@ -6,10 +6,11 @@
 The recipe's model, text and windows; each policy quantized once (not timed),
 then its evaluation pass (forward, log-softmax, KL and top-1 against the
 baseline held in memory) timed alternately with the baseline's own pass, so
-that load on a shared machine hits both alike, with glibc's allocation
-thresholds fixed (``--malloc steady``, see ``steady_malloc``) so that page
-faults do not depend on which pass ran before. Prints the median seconds and
-speed = baseline time / policy time (the target: >= 0.85 for every policy).
+that load on a shared machine hits both alike, with glibc's allocator kept in
+one regime (``--malloc steady``: heap only, see ``steady_malloc``) so that page
+faults do not depend on which pass ran before. Prints the median seconds,
+speed = baseline time / policy time (the target: >= 0.85 for every policy)
+and the page faults of each kind of pass.
 ``--random CONFIG_DIR`` builds the recipe's architecture from a config with
 seeded random float32 weights and random token ids instead (same shapes, so
 the same costs), for hosts without the model package or the text.
@@ -18,6 +19,7 @@ the same costs), for hosts without the model package or the text.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -36,28 +38,41 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def steady_malloc() -> str:
-    """Fix glibc's allocation thresholds for the whole run (Linux only).
+    """Serve every allocation from glibc's heap and keep what is freed there (Linux only).
 
-    By default glibc serves large blocks with fresh mmaps (each page faulted in on first touch)
-    and raises that threshold as blocks are freed, so whether a pass pays page faults for its
-    activation-sized tensors depends on what ran before it: the baseline's own pass moved
-    between 5.6 s and 9.0 s. Fixed thresholds put every pass in the same regime.
+    By default glibc serves large blocks with fresh mmaps (each page faulted in on first
+    touch), so whether a pass pays page faults depends on what ran before it. A fixed mmap
+    threshold is not enough: glibc caps it at 32 MiB, and a pass's vocabulary-sized tensors
+    (50-100 MB here) stay above it and come from the heap only when a free hole fits them.
+    ``dequantize_model`` frees the quantized weights (a hole the baseline's pass then used)
+    and ``quantize_model`` fills it again, so every policy pass paid ~370k page faults
+    (~1 s of system time, ~15% of the pass) that the baseline's did not. With mmap off and
+    no trimming, freed blocks stay in the heap and every pass reuses them: after the
+    warm-up, neither pass faults (the table prints the faults per pass).
     """
     import ctypes
     import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(-3, 32 << 20) and libc.mallopt(-1, 1 << 30)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+        ok = libc.mallopt(-4, 0) and libc.mallopt(-1, 1 << 30)  # M_MMAP_MAX (no mmap), M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         ok = 0
-    return "steady (mmap threshold 32 MiB, no trim)" if ok else "default (mallopt unavailable)"
+    return "steady (heap only: no mmap, no trim)" if ok else "default (mallopt unavailable)"
 
 
-def timed(fn, clock=time.perf_counter) -> float:
-    t = clock()
+def faults() -> int:
+    """Minor page faults of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed(fn, clock=time.perf_counter, fault_log: list | None = None) -> float:
+    f, t = faults(), clock()
     fn()
-    return clock() - t
+    t = clock() - t
+    if fault_log is not None:
+        fault_log.append(faults() - f)
+    return t
 
 
 def _random_context(recipe, config_dir: str, tokens: int) -> SimpleNamespace:
@@ -90,7 +105,8 @@ def main(argv=None) -> int:
                    help="wall time, or the process's CPU time (steadier on a machine shared with other jobs)")
     p.add_argument("--random", metavar="CONFIG_DIR", help="random weights of this config's shape, random tokens")
     p.add_argument("--malloc", choices=["steady", "default"], default="steady",
-                   help="steady: fix glibc's allocation thresholds so every pass runs in the same regime")
+                   help="steady: glibc serves every block from its heap and keeps what is freed, so no pass "
+                        "page-faults because of the one before")
     args = p.parse_args(argv)
     malloc = steady_malloc() if args.malloc == "steady" else "default"
     clock = CLOCKS[args.clock]
@@ -115,22 +131,24 @@ def main(argv=None) -> int:
         fn = lambda: lm_pass(ctx.model, ctx.token_ids, ctx.windows, store, baseline=False, chunk=chunk,  # noqa: E731
                              progress=False)
         fn()  # warm-up
-        qt, bt = [], []
+        qt, bt, qf, bf = [], [], [], []
         for _ in range(args.repeats):
-            qt.append(timed(fn, clock))
+            qt.append(timed(fn, clock, qf))
             dequantize_model(ctx.model)
             bt.append(timed(lambda: lm_pass(ctx.model, ctx.token_ids, ctx.windows, store, baseline=False,
-                                            chunk=chunk, progress=False), clock))
+                                            chunk=chunk, progress=False), clock, bf))
             quantize_model(ctx.model, source, mode=recipe.mode, calibration=ctx.calibration, progress=False)
         dequantize_model(ctx.model)
         ratios = [b / q for b, q in zip(bt, qt)]
-        rows.append((name, statistics.median(bt), statistics.median(qt), statistics.median(ratios), min(ratios)))
+        rows.append((name, statistics.median(bt), statistics.median(qt), statistics.median(ratios), min(ratios),
+                     statistics.median(bf), statistics.median(qf)))
         print(rows[-1], flush=True)
     print(f"\n{recipe.name}: {len(ctx.token_ids)} tokens, {len(ctx.windows)} windows, {args.threads} threads, "
           f"{args.repeats} alternating repeats, {args.clock} clock, malloc {malloc}")
-    print("policy | baseline s (median) | policy s (median) | speed vs baseline (median of pairs) | worst pair")
-    for n, b, q, r, lo in rows:
-        print(f"{n} | {b:.2f} | {q:.2f} | {r:.2f}x | {lo:.2f}x")
+    print("policy | baseline s (median) | policy s (median) | speed vs baseline (median of pairs) | worst pair"
+          " | page faults per pass, baseline / policy (median)")
+    for n, b, q, r, lo, fb, fq in rows:
+        print(f"{n} | {b:.2f} | {q:.2f} | {r:.2f}x | {lo:.2f}x | {fb:.0f} / {fq:.0f}")
     return 0
 
 
