@@ -26,8 +26,8 @@ from qeval.kernels import launch, tuning
 
 TILES = [dict(tile=t, max_bk=b, warps=w) for t, b, w in ((4096, 512, 4), (8192, 512, 8), (8192, 1024, 4), (16384, 1024, 8))]
 CANDIDATES = {
-    "nvfp4": TILES, "mx": TILES,
-    "mx_quant": TILES + [dict(tile=8192, max_bk=256, warps=4), dict(tile=16384, max_bk=512, warps=8)], "fp4_pairs": TILES, "fp4_dequant": TILES, "fp8_block": TILES,
+    "nvfp4": TILES, "mx": TILES, "fp4_pairs": TILES, "fp4_dequant": TILES, "fp8_block": TILES,
+    "mx_quant": TILES + [dict(tile=8192, max_bk=256, warps=4), dict(tile=16384, max_bk=512, warps=8)],
     "fp8_tensor": [dict(tile=t, warps=w) for t, w in ((4096, 4), (8192, 8), (16384, 8))],
     "fp8_tile2d": [dict(warps=w) for w in (4, 8, 16)],
     "fp8_row": [dict(max_single=16384), dict(max_single=32768, max_warps=32, per_thread=32),

@@ -1,13 +1,13 @@
 """FP8 (E4M3 / E5M2) fake-quant and quantize: per tensor, per row, 1x128 and 128x128 blocks.
 
-Mirrors ``qeval.formats.fp8``: ``s = amax / fmax`` (1 where amax is 0) with
+Mirrors ``qeval.formats.fp8``: ``s = amax / fmax`` (1 where that is 0) with
 amax over finite values, ``q = cast_saturating(x / s)``, ``x_hat = fp32(q) * s``.
-Both divisions are correctly rounded (``div_rn``: on the H200 it runs as fast
-as a reciprocal with a correction step). A tile whose quotients are all finite
-(the usual case; ``_common.quotient_ok``) skips the Inf/NaN patching of
-the codes. ``SPLIT`` (the exact emulation's GEMM operand) writes the codes'
-values unscaled, in the output dtype (exact: FP8 values fit BF16 and FP16),
-and the scales beside them.
+Both divisions are correctly rounded. A tile where ``_common.quotient_ok`` holds
+(the usual case: finite, scales in range) divides by ``_common.div_fast`` (one
+reciprocal per scale, FMA corrections per element, ``div_rn``'s bits) and skips
+the Inf/NaN patching of the codes; any other tile runs ``div_rn``. ``SPLIT``
+(the exact emulation's GEMM operand) writes the codes' values unscaled, in the
+output dtype (exact: FP8 values fit BF16 and FP16), and the scales beside them.
 """
 
 from __future__ import annotations

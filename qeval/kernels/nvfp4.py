@@ -3,10 +3,10 @@
 Mirrors ``qeval.formats.nvfp4`` step for step: ``s_g = amax / 2688`` (1 if that is 0),
 ``s_b = e4m3(clamp(amax_b / (6 s_g), 2^-9, 448))`` (1 for an all-zero block,
 NaN for a block holding NaN/Inf), ``q = RNE_E2M1(x / (fp32(s_b) * s_g))``.
-A tile whose quotients are all finite (``_common.quotient_ok``) takes the
-short code path (``div_fast``, ``e2m1_code_finite``), with the same bits. ``SPLIT`` (the exact emulation's
-GEMM operand) writes ``value x block scale`` (at most 6 significant bits:
-exact in BF16/FP16) and the global scale, instead of the fake-quantized value.
+A tile where ``_common.quotient_ok`` holds takes the short code path
+(``div_fast``, ``e2m1_code_finite``), with the same bits. ``SPLIT`` (the exact
+emulation's GEMM operand) writes ``value x block scale`` (at most 6 significant
+bits: exact in BF16/FP16) and the global scale, instead of the fake-quantized value.
 """
 
 from __future__ import annotations
