@@ -6,9 +6,13 @@
 The recipe's model, text and windows; each policy quantized once (not timed),
 then its evaluation pass (forward, log-softmax, KL and top-1 against the
 baseline held in memory) timed alternately with the baseline's own pass, so
-that load on a shared machine hits both alike, with glibc's allocator kept in
-one regime (``--malloc steady``: heap only, see ``steady_malloc``) so that page
-faults do not depend on which pass ran before. Prints the median seconds,
+that load on a shared machine hits both alike. Each pass starts as in
+``qeval run`` (``peaks.reset``; a policy's right after its quantize_model), in
+the allocator regime ``qeval run`` sets on a CPU (``--malloc run``:
+``qeval.pipeline.heap.steady``, heap only, trimmed at each pass's start) or in
+glibc's defaults (``--malloc glibc``: what a run got before qeval set the
+regime: a fresh mmap, and its page faults, for every vocabulary-sized tensor
+of every window). Prints the median seconds,
 speed = baseline time / policy time (the target: >= 0.85 for every policy)
 and the page faults of each kind of pass.
 ``--random CONFIG_DIR`` builds the recipe's architecture from a config with
@@ -29,36 +33,13 @@ import torch
 
 from qeval.evaluate.baseline_store import DeviceSpill
 from qeval.evaluate.stream import Shard, lm_pass
+from qeval.pipeline import heap, peaks
 from qeval.pipeline.recipe import load_recipe
 from qeval.pipeline.runner import RunOptions, _prepare, apply_overrides
 from qeval.quantize import dequantize_model, quantize_model
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def steady_malloc() -> str:
-    """Serve every allocation from glibc's heap and keep what is freed there (Linux only).
-
-    By default glibc serves large blocks with fresh mmaps (each page faulted in on first
-    touch), so whether a pass pays page faults depends on what ran before it. A fixed mmap
-    threshold is not enough: glibc caps it at 32 MiB, and a pass's vocabulary-sized tensors
-    (50-100 MB here) stay above it and come from the heap only when a free hole fits them.
-    ``dequantize_model`` frees the quantized weights (a hole the baseline's pass then used)
-    and ``quantize_model`` fills it again, so every policy pass paid ~370k page faults
-    (~1 s of system time, ~15% of the pass) that the baseline's did not. With mmap off and
-    no trimming, freed blocks stay in the heap and every pass reuses them: after the
-    warm-up, neither pass faults (the table prints the faults per pass).
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(-4, 0) and libc.mallopt(-1, 1 << 30)  # M_MMAP_MAX (no mmap), M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        ok = 0
-    return "steady (heap only: no mmap, no trim)" if ok else "default (mallopt unavailable)"
 
 
 def faults() -> int:
@@ -104,11 +85,17 @@ def main(argv=None) -> int:
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or the process's CPU time (steadier on a machine shared with other jobs)")
     p.add_argument("--random", metavar="CONFIG_DIR", help="random weights of this config's shape, random tokens")
-    p.add_argument("--malloc", choices=["steady", "default"], default="steady",
-                   help="steady: glibc serves every block from its heap and keeps what is freed, so no pass "
-                        "page-faults because of the one before")
+    p.add_argument("--malloc", choices=["run", "glibc"], default="run",
+                   help="run: the regime qeval run sets on a CPU (qeval/pipeline/heap.py); glibc: glibc's defaults")
     args = p.parse_args(argv)
-    malloc = steady_malloc() if args.malloc == "steady" else "default"
+    with heap.steady(args.malloc == "run") as on:
+        malloc = "run (heap only, trimmed per pass)" if on else "glibc defaults"
+        if args.malloc == "run" and not on:
+            malloc += " (heap.steady unavailable here)"
+        return _bench(args, malloc)
+
+
+def _bench(args, malloc: str) -> int:
     clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     recipe, _ = load_recipe(args.recipe)
@@ -121,24 +108,33 @@ def main(argv=None) -> int:
     def base_pass():
         lm_pass(ctx.model, ctx.token_ids, ctx.windows, store, baseline=True, chunk=chunk, progress=False)
 
+    def policy_pass():
+        lm_pass(ctx.model, ctx.token_ids, ctx.windows, store, baseline=False, chunk=chunk, progress=False)
+
+    def start_pass():  # what qeval run does before a pass (and before a policy's quantize_model)
+        peaks.reset(ctx.model)
+
     base_pass()  # warm-up, and the store every policy reads
     names = args.policies.split(",") if args.policies else recipe.policy_names()
     rows = []
     for name, source in zip(recipe.policy_names(), recipe.policies):
         if name not in names:
             continue
-        quantize_model(ctx.model, source, mode=recipe.mode, calibration=ctx.calibration, progress=False)
-        fn = lambda: lm_pass(ctx.model, ctx.token_ids, ctx.windows, store, baseline=False, chunk=chunk,  # noqa: E731
-                             progress=False)
-        fn()  # warm-up
+
+        def quantize():
+            quantize_model(ctx.model, source, mode=recipe.mode, calibration=ctx.calibration, progress=False)
+
+        quantize()
+        policy_pass()  # warm-up
+        dequantize_model(ctx.model)
         qt, bt, qf, bf = [], [], [], []
         for _ in range(args.repeats):
-            qt.append(timed(fn, clock, qf))
+            start_pass()
+            quantize()
+            qt.append(timed(policy_pass, clock, qf))
             dequantize_model(ctx.model)
-            bt.append(timed(lambda: lm_pass(ctx.model, ctx.token_ids, ctx.windows, store, baseline=False,
-                                            chunk=chunk, progress=False), clock, bf))
-            quantize_model(ctx.model, source, mode=recipe.mode, calibration=ctx.calibration, progress=False)
-        dequantize_model(ctx.model)
+            start_pass()
+            bt.append(timed(policy_pass, clock, bf))  # the baseline's weights, read against the store
         ratios = [b / q for b, q in zip(bt, qt)]
         rows.append((name, statistics.median(bt), statistics.median(qt), statistics.median(ratios), min(ratios),
                      statistics.median(bf), statistics.median(qf)))

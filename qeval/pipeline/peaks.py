@@ -6,6 +6,8 @@ the devices holding the model. The host figure is the kernel's high-water
 mark of this process's resident memory (``VmHWM``), which Linux resets when
 ``5`` is written to ``/proc/self/clear_refs``; where that is not possible the
 figure is the peak since the process started (``host_peak_scope: process``).
+Inside ``qeval.pipeline.heap.steady`` (a CPU run) ``reset`` first gives the
+heap's free pages back, so the figure is not what an earlier pass left free.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 
 import torch
 
+from qeval.pipeline import heap
 
 def _cuda_devices(model) -> list[torch.device]:
     return sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
@@ -43,6 +46,7 @@ def _host_peak() -> int:
 
 def reset(model) -> dict:
     """Start a pass: reset the peaks; returns what ``read`` needs."""
+    heap.trim()  # before the reset: free heap pages kept resident would count as this pass's
     devices = _cuda_devices(model)
     for d in devices:
         torch.cuda.reset_peak_memory_stats(d)
