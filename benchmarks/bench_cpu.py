@@ -12,9 +12,13 @@ the allocator regime ``qeval run`` sets on a CPU (``--malloc run``:
 ``qeval.pipeline.heap.steady``, heap only, trimmed at each pass's start) or in
 glibc's defaults (``--malloc glibc``: what a run got before qeval set the
 regime: a fresh mmap, and its page faults, for every vocabulary-sized tensor
-of every window). Prints the median seconds,
-speed = baseline time / policy time (the target: >= 0.85 for every policy)
-and the page faults of each kind of pass.
+of every window), or in that regime without the trim at each pass's start
+(``--malloc keep``: every pass reuses the pages the last one left, none is
+faulted again; what a pass costs without the trim, whose re-faults cost more in
+some virtual machines than in others). Prints the median seconds,
+speed = baseline time / policy time (the target: >= 0.85 for every policy),
+the page faults of each kind of pass, and the same speed by user CPU time with
+each pass's system time (page faults, mostly) beside it.
 ``--random CONFIG_DIR`` builds the recipe's architecture from a config with
 seeded random float32 weights and random token ids instead (same shapes, so
 the same costs), for hosts without the model package or the text.
@@ -47,12 +51,16 @@ def faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def timed(fn, clock=time.perf_counter, fault_log: list | None = None) -> float:
-    f, t = faults(), clock()
+def timed(fn, clock=time.perf_counter, fault_log: list | None = None, cpu_log: list | None = None) -> float:
+    """``clock`` seconds of ``fn()``; appends its page faults and its (user, system) CPU seconds to the logs."""
+    f, t, u = faults(), clock(), resource.getrusage(resource.RUSAGE_SELF)
     fn()
     t = clock() - t
     if fault_log is not None:
         fault_log.append(faults() - f)
+    if cpu_log is not None:
+        v = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_log.append((v.ru_utime - u.ru_utime, v.ru_stime - u.ru_stime))
     return t
 
 
@@ -85,12 +93,16 @@ def main(argv=None) -> int:
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or the process's CPU time (steadier on a machine shared with other jobs)")
     p.add_argument("--random", metavar="CONFIG_DIR", help="random weights of this config's shape, random tokens")
-    p.add_argument("--malloc", choices=["run", "glibc"], default="run",
-                   help="run: the regime qeval run sets on a CPU (qeval/pipeline/heap.py); glibc: glibc's defaults")
+    p.add_argument("--malloc", choices=["run", "keep", "glibc"], default="run",
+                   help="run: the regime qeval run sets on a CPU (qeval/pipeline/heap.py); keep: the same without "
+                        "the trim at each pass's start; glibc: glibc's defaults")
     args = p.parse_args(argv)
-    with heap.steady(args.malloc == "run") as on:
+    with heap.steady(args.malloc != "glibc") as on:
         malloc = "run (heap only, trimmed per pass)" if on else "glibc defaults"
-        if args.malloc == "run" and not on:
+        if args.malloc == "keep" and on:
+            malloc = "keep (heap only, never trimmed)"
+            heap.trim = lambda: False  # this process only: peaks.reset then keeps the heap's pages
+        if args.malloc != "glibc" and not on:
             malloc += " (heap.steady unavailable here)"
         return _bench(args, malloc)
 
@@ -127,24 +139,27 @@ def _bench(args, malloc: str) -> int:
         quantize()
         policy_pass()  # warm-up
         dequantize_model(ctx.model)
-        qt, bt, qf, bf = [], [], [], []
+        qt, bt, qf, bf, qc, bc = [], [], [], [], [], []
         for _ in range(args.repeats):
             start_pass()
             quantize()
-            qt.append(timed(policy_pass, clock, qf))
+            qt.append(timed(policy_pass, clock, qf, qc))
             dequantize_model(ctx.model)
             start_pass()
-            bt.append(timed(policy_pass, clock, bf))  # the baseline's weights, read against the store
+            bt.append(timed(policy_pass, clock, bf, bc))  # the baseline's weights, read against the store
         ratios = [b / q for b, q in zip(bt, qt)]
+        user = [b[0] / q[0] for b, q in zip(bc, qc)]
         rows.append((name, statistics.median(bt), statistics.median(qt), statistics.median(ratios), min(ratios),
-                     statistics.median(bf), statistics.median(qf)))
+                     statistics.median(bf), statistics.median(qf), statistics.median(user),
+                     statistics.median(c[1] for c in bc), statistics.median(c[1] for c in qc)))
         print(rows[-1], flush=True)
     print(f"\n{recipe.name}: {len(ctx.token_ids)} tokens, {len(ctx.windows)} windows, {args.threads} threads, "
           f"{args.repeats} alternating repeats, {args.clock} clock, malloc {malloc}")
     print("policy | baseline s (median) | policy s (median) | speed vs baseline (median of pairs) | worst pair"
-          " | page faults per pass, baseline / policy (median)")
-    for n, b, q, r, lo, fb, fq in rows:
-        print(f"{n} | {b:.2f} | {q:.2f} | {r:.2f}x | {lo:.2f}x | {fb:.0f} / {fq:.0f}")
+          " | page faults per pass, baseline / policy (median) | speed by user CPU time (median of pairs)"
+          " | system CPU s per pass, baseline / policy (median)")
+    for n, b, q, r, lo, fb, fq, u, sb, sq in rows:
+        print(f"{n} | {b:.2f} | {q:.2f} | {r:.2f}x | {lo:.2f}x | {fb:.0f} / {fq:.0f} | {u:.2f}x | {sb:.2f} / {sq:.2f}")
     return 0
 
 

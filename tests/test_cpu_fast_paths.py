@@ -4,12 +4,15 @@ that read the same input. Each must give the bits of the plain definition."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import input_ids, tiny_llama
 from qeval.formats.base import block_max
+from qeval.formats import elements
 from qeval.formats.elements import round_e2m1, round_fp8
 from qeval.quantize import gemm, quantized, weight
 from refs import bits, e2m1, e4m3, e5m2
@@ -144,3 +147,106 @@ def test_shared_activation_quantization_leaves_model_outputs_unchanged(policy, m
         each = model(input_ids=ids).logits
         assert len(calls) - n_shared > n_shared  # computed fewer times when shared
     assert torch.equal(bits(shared), bits(each))
+
+
+# --- the clamp to the grid's top, skipped where it cannot change a value ---------------------------------------
+_GRIDS = {"e2m1": (6.0, 1, e2m1), "e4m3": (448.0, 3, e4m3), "e5m2": (57344.0, 2, e5m2)}
+
+
+def _round_unclamped(kind: str, v: torch.Tensor) -> torch.Tensor:
+    if kind == "e2m1":
+        return round_e2m1(v.clone(), inplace=True, saturate=False)
+    dt = torch.float8_e4m3fn if kind == "e4m3" else torch.float8_e5m2
+    return round_fp8(v.clone(), dt, finite=True, inplace=True, saturate=False)
+
+
+@pytest.mark.parametrize("kind", sorted(_GRIDS))
+def test_saturation_check_is_tight_at_the_top_of_each_grid(kind):
+    """Below the midpoint past the top value, rounding without the clamp gives the saturating reference's bits
+    (every value up to the bound: a dense grid, ties, neighbours, fresh randoms, zeros, subnormals); from the
+    midpoint on the check asks for the clamp, and right there it is needed (RNE goes to the step above)."""
+    vmax, mbits, ref = _GRIDS[kind]
+    step = 2.0 ** (math.floor(math.log2(vmax)) - mbits)
+    mid = torch.tensor(vmax + step / 2)
+    below = torch.nextafter(mid, torch.tensor(0.0))
+    assert not elements.saturation_needed(below, vmax, mbits)
+    assert elements.saturation_needed(mid, vmax, mbits)
+    for special in (INF, NAN, 1e30):
+        assert elements.saturation_needed(torch.tensor(special), vmax, mbits)
+    g = torch.Generator().manual_seed(torch.randint(1 << 30, ()).item())
+    b = float(below)
+    grid = torch.cat([torch.linspace(0, b, 50_001), torch.rand(50_000, generator=g) * b,
+                      torch.rand(20_000, generator=g) * b * 10.0 ** torch.randint(-45, 0, (20_000,), generator=g).float(),
+                      torch.tensor([b, vmax, vmax - step / 4, 0.0, 1e-45, 2.0**-126])])
+    v = torch.cat([grid, -grid])
+    assert torch.equal(bits(_round_unclamped(kind, v)), bits(ref(v.double())))
+    # the check is tight: just past the midpoint (at it, for a top that is an odd step) an unclamped value
+    # leaves the grid
+    over = torch.nextafter(mid, torch.tensor(1e30)) if kind == "e4m3" else mid
+    assert float(_round_unclamped(kind, over.reshape(1))[0]) == vmax + step != float(ref(over.double().reshape(1))[0])
+
+
+def _cases(spec: str):
+    """(name, x, amax): typical rows of many magnitudes, odd widths, zero and -0 rows, NaN/Inf rows, bf16, scales
+    that are float32 subnormals (FP8), blocks far below the tensor's max (E4M3-subnormal NVFP4 block scales), a
+    static amax below the data (saturation)."""
+    g = torch.Generator().manual_seed(torch.randint(1 << 30, ()).item())
+    x = torch.randn(67, 304, generator=g) * 10.0 ** torch.randint(-8, 4, (67, 1), generator=g).float()
+    x[3] = 0.0
+    x[4] = -0.0
+    yield "typical", x, None
+    yield "odd width", x[:, :301].contiguous(), None
+    yield "bf16", x.bfloat16(), None
+    poisoned = x.clone()
+    poisoned[5, 7], poisoned[9, 2], poisoned[10, 40] = NAN, INF, -INF
+    yield "nan/inf", poisoned, None
+    tiny = x.clone()
+    tiny[6] = torch.randn(304, generator=g) * 1e-37  # FP8: amax / max is a float32 subnormal
+    tiny[7] = torch.randn(304, generator=g) * 3e-43  # ... of a few ulps, too coarse: x / s reaches past the top
+    yield "subnormal scales", tiny, None
+    sub = torch.rand(5, 48, generator=g) * 2 - 1
+    sub[2, 3] = 1.0  # amax / max = 1.4 ulps of float32's subnormals: the scale rounds to 1 ulp, 40% low
+    yield "all subnormal", sub * (1.4 * 2.0**-149 * (57344.0 if "e5m2" in spec else 448.0)), None
+    far = torch.randn(8, 64, generator=g) * 1e-3
+    far[0, 0] = 1e3  # NVFP4: the other blocks' scales are E4M3 subnormals, coarse enough to push x / s past 7
+    far[1, 16:32] = torch.linspace(-6.9e-3, 6.9e-3, 16)
+    yield "far blocks", far, None
+    if spec == "nvfp4" or spec == "fp8_e4m3":  # formats with a static per-tensor amax
+        top = x.abs().max()
+        yield "static amax below the data", x, float(top / 50)  # float32 values, as qeval holds them
+        yield "static amax above the data", x, float(top * 3)
+
+
+@pytest.mark.parametrize("spec", ["nvfp4", "fp8_e4m3:token", "fp8_e4m3", "fp8_e5m2"])
+def test_fast_paths_skip_the_clamp_only_where_it_changes_nothing(spec, monkeypatch):
+    """split_values and fake_quant (the CPU fast paths, clamp skipped where ``saturation_needed`` says so) give
+    the bits of the packed codes decoded, and fake_quant those of the float64 reference; both branches run."""
+    from qeval.formats import fp8 as fp8_mod, get_format, nvfp4 as nvfp4_mod
+    from refs import fp8_ref, nvfp4_ref
+
+    seen = []
+    real = elements.saturation_needed
+    for mod in (fp8_mod, nvfp4_mod):
+        monkeypatch.setattr(mod, "saturation_needed", lambda *a: (seen.append(real(*a)), seen[-1])[1])
+    fmt = get_format(spec)
+    for name, x, amax in _cases(spec):
+        inner, outer = fmt.gemm_split(fmt.quantize(x, amax=amax, role="activation", nonfinite="propagate"))
+        want = inner.dequantize(torch.float32)
+        got, scale = fmt.split_values(x, amax=amax, role="activation", nonfinite="propagate")
+        assert torch.equal(got.isnan(), want.isnan()), name
+        assert torch.equal(bits(got.nan_to_num(0.0)), bits(want.nan_to_num(0.0))), name
+        assert torch.equal(bits(scale), bits(outer)), name
+        fq = fmt.fake_quant(x, amax=amax, role="activation", nonfinite="propagate")
+        dq = fmt.quantize(x, amax=amax, role="activation", nonfinite="propagate").dequantize(x.dtype)
+        assert torch.equal(fq.isnan(), dq.isnan()) and torch.equal(bits(fq.nan_to_num(0.0)), bits(dq.nan_to_num(0.0))), name
+        if x.dtype == torch.float32 and x.shape[-1] % 16 == 0 and bool(torch.isfinite(x).all()):
+            if spec == "nvfp4":
+                ref = nvfp4_ref(x, amax)[0]
+            else:
+                xf = x.double()
+                a = xf.abs().amax(-1, keepdim=True) if spec.endswith(":token") else (
+                    xf.abs().amax() if amax is None else torch.tensor(amax, dtype=torch.float64))
+                ref = fp8_ref(x, a, fmt.dtype is torch.float8_e4m3fn and 448.0 or 57344.0,
+                              e4m3 if fmt.dtype is torch.float8_e4m3fn else e5m2)
+            assert torch.equal(bits(fq), bits(ref)), name
+    assert True in seen and False in seen  # the clamp was skipped somewhere and kept somewhere

@@ -7,6 +7,8 @@ bit for bit.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 E4M3_MAX = 448.0
@@ -28,6 +30,9 @@ _E2M1_UP_IF_GREATER = (0.25, 1.25, 2.5, 5.0)
 _E2M1_UP_IF_AT_LEAST = (0.75, 1.75, 3.5)
 
 
+_DIVISORS: dict = {}  # (value, dtype, device) -> a 0-dim tensor: built once, not per call
+
+
 def div(a: torch.Tensor, divisor: float) -> torch.Tensor:
     """Correctly rounded ``a / divisor`` on any device.
 
@@ -35,14 +40,28 @@ def div(a: torch.Tensor, divisor: float) -> torch.Tensor:
     reciprocal, which can be an ulp off; dividing by a tensor is exact IEEE
     division everywhere.
     """
-    return a / torch.tensor(divisor, dtype=a.dtype, device=a.device)
+    key = (divisor, a.dtype, a.device)
+    d = _DIVISORS.get(key)
+    if d is None:
+        d = _DIVISORS.setdefault(key, torch.tensor(divisor, dtype=a.dtype, device=a.device))
+    return a / d
 
 
 def decode_scale(amax: torch.Tensor, vmax: float) -> torch.Tensor:
     """``amax / vmax`` in float32, with 1.0 where that is 0 (amax 0, or so small that the
     quotient underflows: no 0/0 quotients downstream). FP8's scale and NVFP4's global scale."""
     s = div(amax.float(), vmax)
-    return torch.where(s == 0, torch.ones_like(s), s)
+    return s.masked_fill_(s == 0, 1.0)  # s: a new tensor
+
+
+def saturation_needed(bound: torch.Tensor, vmax: float, mbits: int) -> bool:
+    """Whether magnitudes up to ``bound`` (a 0-dim tensor; NaN or Inf allowed) may round past ``vmax``,
+    the top of a grid with ``mbits`` mantissa bits, unless clamped first. Below the midpoint between
+    ``vmax`` and the next step of its binade, RNE alone gives at most ``vmax`` (E2M1's and E5M2's
+    midpoints tie to the step above), so the clamp is then a no-op. One sync; the CPU fast paths skip
+    a pass over the data when it says False."""
+    step = 2.0 ** (math.floor(math.log2(vmax)) - mbits)
+    return not float(bound.detach()) < vmax + step / 2  # NaN: True
 
 
 def cast_fp8(v: torch.Tensor, dtype: torch.dtype, finite: bool = False) -> torch.Tensor:
@@ -68,11 +87,11 @@ def _fp8_inf(v: torch.Tensor, out: torch.Tensor, dtype: torch.dtype) -> torch.Te
 
 
 # (mantissa bits, exponent of the smallest normal) of each FP8 element
-_FP8_GRID = {torch.float8_e4m3fn: (3, -6), torch.float8_e5m2: (2, -14)}
+FP8_GRID = {torch.float8_e4m3fn: (3, -6), torch.float8_e5m2: (2, -14)}
 
 
 def _round_grid(v: torch.Tensor, mbits: int, emin: int, vmax: float, inplace: bool = False,
-                scratch: torch.Tensor | None = None) -> torch.Tensor:
+                scratch: torch.Tensor | None = None, saturate: bool = True) -> torch.Tensor:
     """RNE of float32 ``v`` to a minifloat grid (``mbits`` mantissa bits, smallest normal
     ``2^emin``, subnormals below, saturating at +-vmax), as float32, NaN kept.
 
@@ -84,31 +103,39 @@ def _round_grid(v: torch.Tensor, mbits: int, emin: int, vmax: float, inplace: bo
     fresh tensor of activation size costs more (page faults) than a pass over one,
     so the hot path allocates as little as it can; multiplying by the quantum's
     reciprocal instead of dividing measured no faster.
+    ``saturate=False``: skip the clamp to +-vmax, for a caller that knows every value is
+    below ``vmax + quantum / 2`` (``saturation_needed``), where RNE alone stays within vmax.
     """
-    out = v.clamp_(-vmax, vmax) if inplace else v.clamp(-vmax, vmax)
+    if saturate:
+        out = v.clamp_(-vmax, vmax) if inplace else v.clamp(-vmax, vmax)
+    else:
+        out = v if inplace else v.clone()
     quantum = torch.bitwise_and(out.view(torch.int32), 0x7F800000,
                                 out=None if scratch is None else scratch.view(torch.int32))
     quantum = quantum.clamp_(min=(127 + emin) << 23).sub_(mbits << 23).view(torch.float32)
     return out.div_(quantum).round_().mul_(quantum)
 
 
-def round_fp8(v: torch.Tensor, dtype: torch.dtype, finite: bool = False, inplace: bool = False) -> torch.Tensor:
+def round_fp8(v: torch.Tensor, dtype: torch.dtype, finite: bool = False, inplace: bool = False,
+              saturate: bool = True) -> torch.Tensor:
     """``cast_fp8(v, dtype).float()`` computed in float32 arithmetic, without the FP8 dtype.
 
     CPU builds of torch convert FP8 to float32 one element at a time (several
     times the cost of this function). ``inplace`` (with ``finite``): overwrite
-    ``v`` (contiguous float32) with the result.
+    ``v`` (contiguous float32) with the result. ``saturate=False`` (with ``finite``):
+    see ``_round_grid``.
     """
-    mbits, emin = _FP8_GRID[dtype]
+    mbits, emin = FP8_GRID[dtype]
     if finite:
-        return _round_grid(v, mbits, emin, FP8_MAX[dtype], inplace)
+        return _round_grid(v, mbits, emin, FP8_MAX[dtype], inplace, saturate=saturate)
     return _fp8_inf(v, _round_grid(v, mbits, emin, FP8_MAX[dtype]), dtype)
 
 
-def round_e2m1(v: torch.Tensor, inplace: bool = False, scratch: torch.Tensor | None = None) -> torch.Tensor:
+def round_e2m1(v: torch.Tensor, inplace: bool = False, scratch: torch.Tensor | None = None,
+               saturate: bool = True) -> torch.Tensor:
     """``e2m1_decode(e2m1_encode(v))`` for finite or NaN float32 ``v`` (NaN stays NaN), in
-    float32 arithmetic: no codes, no table lookup. ``inplace``, ``scratch``: see ``_round_grid``."""
-    return _round_grid(v, 1, 0, E2M1_MAX, inplace, scratch)
+    float32 arithmetic: no codes, no table lookup. ``inplace``, ``scratch``, ``saturate``: see ``_round_grid``."""
+    return _round_grid(v, 1, 0, E2M1_MAX, inplace, scratch, saturate)
 
 
 def e2m1_encode(v: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .base import Format, QTensor, Role, blocks_of, crop_last, finite_abs, pad_last
-from .elements import FP8_DTYPES, FP8_MAX, cast_fp8, decode_scale, round_fp8
+from .elements import FP8_DTYPES, FP8_GRID, FP8_MAX, cast_fp8, decode_scale, round_fp8, saturation_needed
 
 BLOCK = 128
 
@@ -21,7 +21,7 @@ def _abs_max(xf: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, bool]:
     """(max |x| over finite entries, per row or whole; True when every entry was finite).
 
     One reduction when all is finite, the usual case; a NaN or Inf
-    shows in that small result, and only then ``finite_abs`` runs.
+    shows in the largest of that small result, and only then ``finite_abs`` runs.
     """
     if xf.numel() == 0:
         return finite_abs(xf).amax(dim=dim, keepdim=dim is not None), True
@@ -29,8 +29,8 @@ def _abs_max(xf: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, bool]:
         lo, hi = torch.aminmax(xf)
     else:  # a reduction per row: aminmax is several times slower than amax + amin on a CPU
         lo, hi = xf.amin(dim, keepdim=True), xf.amax(dim, keepdim=True)
-    m = torch.maximum(hi, -lo)
-    if bool(torch.isfinite(m).all()):
+    m = torch.maximum(hi, lo.neg_())  # lo: a new tensor
+    if math.isfinite(float(m.detach().max())):  # max propagates NaN
         return m, True
     return (finite_abs(xf).amax() if dim is None else finite_abs(xf).amax(dim, keepdim=True)), False
 
@@ -48,38 +48,44 @@ class FP8Format(Format):
         return role == "weight" and x.dim() >= 2
 
     def _scaled(self, x: torch.Tensor, amax: torch.Tensor | None, role: Role):
-        """(x / scale in float32, padded; the decode scale, stored and expanded to x; padded?, all finite?)."""
+        """(x / scale in float32, padded; the decode scale, stored and expanded to x; padded?, all finite?,
+        saturate?: False where no value can round past the grid's top, so the clamp can be skipped)."""
         xf = x.float()
         fmax = FP8_MAX[self.dtype]
-        padded, finite = False, False
+        padded, finite, bound = False, False, None
         if self.granularity == "tensor":
             if amax is None:
                 amax, finite = _abs_max(xf, None)
+                bound = amax
             scale = decode_scale(amax, fmax)
             expanded = scale
         elif self.granularity == "row":
             a, finite = _abs_max(xf, -1)
             scale = decode_scale(a, fmax)
             expanded = scale
+            bound = a
         else:
             xf, padded = pad_last(xf, BLOCK)
             scale = decode_scale(self._block_amax(xf, role), fmax)
             expanded = self._expand(scale, xf.shape, role)
-        return xf / expanded, scale, expanded, padded, finite
+        saturate = True
+        if finite and bound is not None and bound.numel():  # |x / s| <= amax / s, division being monotonic
+            saturate = saturation_needed((bound / scale).max(), fmax, FP8_GRID[self.dtype][0])
+        return xf / expanded, scale, expanded, padded, finite, saturate
 
     def _quantize(self, x: torch.Tensor, amax: torch.Tensor | None, role: Role) -> QTensor:
-        y, scale, _, padded, finite = self._scaled(x, amax, role)
+        y, scale, _, padded, finite, _ = self._scaled(x, amax, role)
         return QTensor(cast_fp8(y, self.dtype, finite=finite), scale, None, x.shape, self, padded=padded, role=role)
 
     def _fake_quant(self, x: torch.Tensor, amax: torch.Tensor | None, role: Role) -> torch.Tensor:
         # the same bits as the codes decoded and scaled, without FP8 tensors (slow to decode on a CPU)
-        y, _, expanded, _, finite = self._scaled(x, amax, role)  # y: a new tensor, rounded in place
-        return crop_last(round_fp8(y, self.dtype, finite, inplace=True).mul_(expanded), x.shape).to(x.dtype)
+        y, _, expanded, _, finite, sat = self._scaled(x, amax, role)  # y: a new tensor, rounded in place
+        return crop_last(round_fp8(y, self.dtype, finite, inplace=True, saturate=sat).mul_(expanded), x.shape).to(x.dtype)
 
     def _split_values(self, x: torch.Tensor, amax: torch.Tensor | None, role: Role):
         # the codes as float32 numbers without FP8 tensors (slow to decode on a CPU)
-        y, scale, _, _, finite = self._scaled(x, amax, role)  # y: a new tensor, rounded in place
-        return crop_last(round_fp8(y, self.dtype, finite, inplace=True), x.shape), self._outer(scale, role, x)
+        y, scale, _, _, finite, sat = self._scaled(x, amax, role)  # y: a new tensor, rounded in place
+        return crop_last(round_fp8(y, self.dtype, finite, inplace=True, saturate=sat), x.shape), self._outer(scale, role, x)
 
     def _block_amax(self, xp: torch.Tensor, role: Role) -> torch.Tensor:
         a = finite_abs(xp)
