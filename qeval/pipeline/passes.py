@@ -290,7 +290,8 @@ def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, opt
     else:
         policy = load_policy(source)
         applied = quantized(ctx.model, policy, mode=recipe.mode, calibration=ctx.calibration, progress=False,
-                            emulation=recipe.emulation)
+                            emulation=recipe.emulation,  # one calibration forward where policies share it
+                            calibration_memo=ctx.state.setdefault("calibration_memo", {}))
     p = plan(ctx.model, policy)
     devices = peaks.reset(ctx.model)
     t0 = time.perf_counter()

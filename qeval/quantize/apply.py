@@ -13,7 +13,7 @@ from qeval.policy import Plan, load_policy, plan as make_plan
 from qeval.policy.modules import _ATTN_RX, fused_expert_params, is_linear
 
 from . import kv as kvmod
-from . import native, offload as moves, quantizer
+from . import native, offload as moves, quantizer, recorded
 from .experts import QuantExperts
 from .gemm import EMULATIONS
 from .linear import QuantLinear
@@ -66,6 +66,7 @@ def quantize_model(
     progress: bool | None = None,
     offload_original: bool | None = None,
     emulation: str = "exact",
+    calibration_memo: dict | None = None,
 ) -> Plan:
     """Quantize ``model`` in place under ``policy`` and return the plan.
 
@@ -93,6 +94,11 @@ def quantize_model(
             scales applied to the output (``qeval/quantize/gemm.py``);
             ``"fake_quant"``: a matmul of fake-quantized tensors in the model's
             dtype (the scales folded in and rounded to that dtype).
+        calibration_memo: a dict the caller keeps across calls on one model
+            and the same calibration batches, weights unchanged in between: a
+            later policy whose calibration forward would be the same
+            computation reads the amax an earlier one recorded there instead
+            of running it again (``qeval/quantize/recorded.py``; same values).
 
     Raises:
         ValueError: bad mode, a model already quantized, native mode not
@@ -134,7 +140,8 @@ def quantize_model(
             replaced.append((new, e.tied_to is None))
         attn = _attention_modules(model, plan)
         undo += kvmod.attach(attn)
-        _calibrate(model, [r for r, _ in replaced], attn, calibration, progress)
+        swapped = any(rec[0] == "swap" for rec in undo)
+        _calibrate(model, [r for r, _ in replaced], attn, calibration, progress, swapped, calibration_memo)
         offload = offload_original
         if offload is None:
             offload = mode == "native" or not _room_beside(model, replaced)
@@ -183,7 +190,7 @@ def _attention_modules(model: nn.Module, plan: Plan) -> dict:
     return out
 
 
-def _calibrate(model, replaced, attn, calibration, progress) -> None:
+def _calibrate(model, replaced, attn, calibration, progress, swapped: bool = False, memo: dict | None = None) -> None:
     weights = [q for r in replaced for q in ((r.q_up, r.q_down) if isinstance(r, QuantExperts) else (r.qweight,))]
     kvs = [m._qeval_kv for m, _, _ in attn.values()]
     need = [q for q in weights if q.static] + [k for k in kvs if k.static]
@@ -195,6 +202,14 @@ def _calibrate(model, replaced, attn, calibration, progress) -> None:
             f"{len(need)} quantizer(s) use a static scale (e.g. {', '.join(names)}) but no calibration= batches were "
             "given; pass calibration (a few input_ids batches) or set `act_scale: dynamic` in the policy"
         )
+    key = recorded.key(model, calibration, replaced, swapped, attn) if memo is not None else None
+    known = None if key is None else recorded.recall(memo, key, [q.name for q in need])  # linears only
+    if known is not None:  # the same forward ran for an earlier policy (recorded.py)
+        for q in need:
+            q.act_amax.copy_(known[q.name])
+        for q in weights + kvs:
+            q.calibrated = True
+        return
     device = _device(model)
     for q in weights + kvs:  # everything runs unquantized while amax is recorded
         q.calibrating = True
@@ -209,6 +224,8 @@ def _calibrate(model, replaced, attn, calibration, progress) -> None:
         for q in weights + kvs:
             q.calibrating = False
             q.calibrated = True
+    if key is not None:
+        recorded.record(memo, key, {q.name: q.act_amax for q in need})
 
 
 def _undo(records: list) -> None:
