@@ -46,8 +46,11 @@ def kl_rows(logp: torch.Tensor, logq: torch.Tensor, chunk: int = 256) -> torch.T
         lp = logp[s : s + chunk].float()
         lq = logq[s : s + chunk].to(lp.device).float()
         p = lp.exp()
-        # p == 0 contributes 0 (avoids 0 * -inf); clamp tiny negatives from rounding
-        term = torch.where(p > 0, p * (lp - lq), torch.zeros_like(p))
+        # p == 0 (or NaN) contributes 0 (avoids 0 * -inf); clamp tiny negatives from rounding. In place
+        # in the one new difference tensor: the bits of where(p > 0, p * (lp - lq), 0), two fewer
+        # vocabulary-sized temporaries (each a fresh run of page faults on a CPU)
+        term = (lp - lq).mul_(p)
+        term.masked_fill_((p > 0).logical_not_(), 0.0)
         out[s : s + chunk] = term.sum(-1).clamp_min(0.0)
     return out
 

@@ -89,9 +89,14 @@ def window_logits(model, token_ids: torch.Tensor, w: Window, device=None) -> tor
     return logits.float()
 
 
-def log_softmax_rows(logits: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """``log_softmax`` over the vocabulary in float32, ``chunk`` rows at a time (bounded scratch memory)."""
-    out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+def log_softmax_rows(logits: torch.Tensor, chunk: int = 256, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``log_softmax`` over the vocabulary in float32, ``chunk`` rows at a time (bounded scratch memory).
+
+    ``out``: a float32 tensor of ``logits``' shape to write into; ``logits`` itself when the caller has no
+    further use for it (each chunk is read whole before it is overwritten): one vocabulary-sized tensor less.
+    """
+    if out is None:
+        out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
     for s in range(0, logits.shape[0], chunk):
         out[s : s + chunk] = torch.log_softmax(logits[s : s + chunk].float(), dim=-1)
     return out

@@ -123,6 +123,12 @@ def windows_key(token_ids: torch.Tensor, windows: list[Window]) -> str:
     return h.hexdigest()
 
 
+def finite_rows(x: torch.Tensor) -> torch.Tensor:
+    """``torch.isfinite(x).all(-1)`` from two reductions: a row's max is NaN if it holds a NaN and +Inf if it
+    holds one, its min -Inf if it holds one. No vocabulary-sized temporaries (isfinite makes four)."""
+    return torch.isfinite(x.amax(-1)) & torch.isfinite(x.amin(-1))
+
+
 def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
     """``t`` itself on the CPU; from a GPU, a pinned copy that arrives without the host waiting."""
     if t is None or not t.is_cuda:
@@ -175,11 +181,12 @@ def local_pass(model, token_ids, windows, spill, *, baseline, device=None, shard
     pending: _Readback | None = None
     for w in _progress(mine, desc, len(mine), progress and shard.rank == 0):
         logits = window_logits(model, token_ids, w, device)
-        logq = log_softmax_rows(logits, chunk)
+        # in place where the logits are a float32 tensor of their own (the model's output is not read again)
+        logq = log_softmax_rows(logits, chunk, out=logits if logits.dtype == torch.float32 else None)
         del logits
         nll = nll_total(logq, token_ids[w.first_target : w.stop_target])
         if baseline:
-            finite = torch.isfinite(logq).all(-1)
+            finite = finite_rows(logq)
             kl = None
             kl_sum = top1 = torch.zeros((), dtype=torch.float64, device=logq.device)
             if not opened:  # the vocabulary size is known only now
@@ -190,7 +197,7 @@ def local_pass(model, token_ids, windows, spill, *, baseline, device=None, shard
             logp = spill.read(w.index, logq.device)
             fused = row_metrics(logp, logq)  # one read of each on a GPU, else the torch reference
             if fused is None:
-                finite = torch.isfinite(logq).all(-1) & torch.isfinite(logp).all(-1)
+                finite = finite_rows(logq) & finite_rows(logp)
                 kl, top_q = kl_rows(logp, logq, chunk), logq.argmax(-1)
             else:
                 kl, finite, top_q = fused
