@@ -1,7 +1,8 @@
 """The kernels' fast paths give the bits of their general code, on the GPU, exhaustively.
 
-``div_fast`` against the correctly rounded division (below), and
-``e2m1_code_finite`` against ``e2m1_code(e2m1_round(v))`` for every finite float32.
+``div_fast`` against the correctly rounded division (below), and the FP4 kernels'
+``e2m1_round_sat`` / ``e2m1_code_sat`` of ``div_steps`` against ``e2m1_round`` /
+``e2m1_code`` of ``div_rn``, for every finite float32 numerator.
 
 The quantize kernels divide by a per-group scale with ``div_fast`` (a reciprocal
 per group, two FMA correction steps per element) wherever ``quotient_ok`` holds,
@@ -28,18 +29,75 @@ if kernels.available():
     import triton
     import triton.language as tl
 
-    from qeval.kernels._common import (LAUNCH, abs_bits, div_fast, e2m1_code, e2m1_code_finite, e2m1_round,
-                                       quotient_ok, recip)
+    from qeval.kernels._common import (LAUNCH, abs_bits, div_fast, div_steps, e2m1_code, e2m1_code_sat, e2m1_round,
+                                       e2m1_round_sat, quotient_ok, recip)
 
     @triton.jit
-    def _e2m1_mismatch_kernel(out_ptr, BLOCK: tl.constexpr):
-        """Program i: float32 bit patterns i * BLOCK + t; out[0] += finite ones, out[1] += codes that differ."""
+    def _e2m1_mismatch_kernel(d_ptr, out_ptr, BLOCK: tl.constexpr):
+        """Program (i, j): divisor j against float32 bit patterns i * BLOCK + t. out[0] += finite x,
+        out[1] += grid values that differ (bits), out[2] += codes that differ, out[3] += overflows
+        (x / d beyond 2^100, where div_steps leaves Markstein's range)."""
+        d = tl.load(d_ptr + tl.program_id(1))
         b = (tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)).to(tl.int32)
-        v = b.to(tl.float32, bitcast=True)
+        x = b.to(tl.float32, bitcast=True)
         finite = (b & 0x7FFFFFFF) < 0x7F800000
-        wrong = finite & (e2m1_code_finite(v) != e2m1_code(e2m1_round(v)))
+        q = div_steps(x, d, recip(d))
+        ref = e2m1_round(tl.math.div_rn(x, d))
+        r_bad = finite & (e2m1_round_sat(q, x).to(tl.int32, bitcast=True) != ref.to(tl.int32, bitcast=True))
+        c_bad = finite & (e2m1_code_sat(q, x) != e2m1_code(ref))
+        over = finite & ~quotient_ok(abs_bits(x), d)
         tl.atomic_add(out_ptr, tl.sum(finite.to(tl.int64)))
-        tl.atomic_add(out_ptr + 1, tl.sum(wrong.to(tl.int64)))
+        tl.atomic_add(out_ptr + 1, tl.sum(r_bad.to(tl.int64)))
+        tl.atomic_add(out_ptr + 2, tl.sum(c_bad.to(tl.int64)))
+        tl.atomic_add(out_ptr + 3, tl.sum(over.to(tl.int64)))
+
+    from qeval.kernels.fp8 import group_scales
+    from qeval.kernels.mx import mx_exponent
+    from qeval.kernels.nvfp4 import block_scales, block_scales_fast
+
+    @triton.jit
+    def _scale_mismatch_kernel(sg_ptr, out_ptr, FMAX: tl.constexpr, BLOCK: tl.constexpr):
+        """Program i: amax bit patterns i * BLOCK + t (finite, >= 0). FMAX > 0: FP8 scales
+        amax / FMAX from group_scales where it says ok (out[0] += those, out[1] += wrong);
+        FMAX == 0: NVFP4 block scales against the global scale at sg_ptr (out[1] += wrong scale
+        or divisor, out[2] += wrong reciprocal of the divisor). out[3] += recip(d) != 1 / d
+        for d = the pattern where it lies in [2^-60, 2^100]."""
+        mb = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int32)
+        finite = mb <= 0x7F7FFFFF
+        amax = mb.to(tl.float32, bitcast=True)
+        if FMAX > 0:
+            s, ok = group_scales(mb, FMAX)
+            ref = tl.where(amax == 0.0, 1.0, tl.math.div_rn(amax, FMAX))
+            tl.atomic_add(out_ptr, tl.sum((finite & ok).to(tl.int64)))
+            bad = finite & ok & (s.to(tl.int32, bitcast=True) != ref.to(tl.int32, bitcast=True))
+            tl.atomic_add(out_ptr + 1, tl.sum(bad.to(tl.int64)))
+        else:
+            s_g = tl.load(sg_ptr)
+            sbf, sbits, eff, y = block_scales_fast(mb, s_g)
+            rbf, rbits = block_scales(mb, s_g)
+            reff = rbf * s_g
+            bad = finite & ((sbits != rbits) | (eff.to(tl.int32, bitcast=True) != reff.to(tl.int32, bitcast=True)))
+            tl.atomic_add(out_ptr + 1, tl.sum(bad.to(tl.int64)))
+            yb = tl.math.div_rn(1.0, reff).to(tl.int32, bitcast=True)
+            tl.atomic_add(out_ptr + 2, tl.sum((finite & (y.to(tl.int32, bitcast=True) != yb)).to(tl.int64)))
+        d_in = (mb >= 0x21800000) & (mb <= 0x71800000)  # [2^-60, 2^100]
+        wrong = d_in & (recip(amax).to(tl.int32, bitcast=True) != tl.math.div_rn(1.0, amax).to(tl.int32, bitcast=True))
+        tl.atomic_add(out_ptr + 3, tl.sum(wrong.to(tl.int64)))
+
+    @triton.jit
+    def _rceil_mismatch_kernel(out_ptr, ELEM_MAX: tl.constexpr, BLOCK: tl.constexpr):
+        """Program i: amax bit patterns i * BLOCK + t (finite, >= 0); out[0] += exponents that differ
+        from ceil(log2(div_rn(amax, ELEM_MAX))) with frexp's v == 0 -> 0, clamped as the kernels do."""
+        mb = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int32)
+        v = tl.math.div_rn(mb.to(tl.float32, bitcast=True), ELEM_MAX)
+        vb = v.to(tl.int32, bitcast=True)
+        be = vb >> 23
+        e = tl.where((vb & 0x7FFFFF) != 0, be - 126, be - 127)
+        e = tl.where(be == 0, tl.where(vb > 0x00400000, -126, -127), e)
+        e = tl.where(vb == 0, 0, e)
+        e = tl.minimum(tl.maximum(tl.where(mb == 0, -127, e), -127), 127)
+        wrong = (mb <= 0x7F7FFFFF) & (mx_exponent(mb, 0, ELEM_MAX, True) != e)
+        tl.atomic_add(out_ptr, tl.sum(wrong.to(tl.int64)))
 
     @triton.jit
     def _mismatch_kernel(d_ptr, out_ptr, X_SHIFT: tl.constexpr, BLOCK: tl.constexpr):
@@ -82,14 +140,73 @@ def _spread_divisors(n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.cat([rand, ones, pow2, torch.tensor([2.0**-60, 2.0**100])])
 
 
-def test_e2m1_code_finite_every_float32():
-    """All 2^32 float32 patterns: the fast E2M1 code equals round-then-encode wherever v is finite."""
-    out = torch.zeros(2, dtype=torch.int64, device="cuda")
+def test_e2m1_fast_helpers_every_float32_numerator():
+    """All 2^32 float32 patterns as x, against divisors over the FP4 kernels' range [2^-60, 2^100]
+    (1 and powers of two among them: MX's exact scaling): the grid value and the code from
+    ``div_steps`` equal those of the correctly rounded quotient, overflowing quotients included."""
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    d = torch.cat([_spread_divisors(4, gen), torch.tensor([1.0, 0.25, 2.0**-40])]).cuda()
+    out = torch.zeros(4, dtype=torch.int64, device="cuda")
     block = 8192
-    _e2m1_mismatch_kernel[(2**32 // block,)](out, BLOCK=block, num_warps=8, **LAUNCH)
-    finite, bad = out.tolist()
-    assert finite == 2**32 - 2**24, finite  # every pattern but the all-ones exponents (Inf, NaN)
-    assert bad == 0, f"{bad} of {finite} codes differ"
+    _e2m1_mismatch_kernel[(2**32 // block, d.numel())](d, out, BLOCK=block, num_warps=8, **LAUNCH)
+    finite, r_bad, c_bad, over = out.tolist()
+    assert finite == d.numel() * (2**32 - 2**24), finite  # every pattern but Inf / NaN
+    assert r_bad == 0 and c_bad == 0, f"{r_bad} values, {c_bad} codes of {finite} differ (divisors {d.tolist()})"
+    assert over > 0, "no overflowing quotient was exercised"
+
+
+@pytest.mark.parametrize("elem_max", [6.0, 448.0], ids=["mxfp4", "mxfp8"])
+def test_rceil_exponent_every_float32_amax(elem_max):
+    """MX "rceil": the exponent from div_steps (and amax thresholds below 2^-126) equals the one
+    from the correctly rounded amax / max for every finite float32 amax."""
+    import struct
+    from fractions import Fraction
+
+    from qeval.kernels import mx
+
+    # the thresholds in qeval/kernels/mx.py, re-derived in exact arithmetic
+    def largest_le(t):  # largest float32 bit pattern whose value is <= t (binary search)
+        lo, hi = 0, 0x7F7FFFFF
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if Fraction(struct.unpack("<f", struct.pack("<i", mid))[0]) <= t:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    d = Fraction(int(elem_max))
+    z, h = largest_le(d / 2**150), largest_le(d * (Fraction(1, 2**127) + Fraction(1, 2**150)))
+    n = largest_le(d * (Fraction(1, 2**126) - Fraction(1, 2**150))) + 1
+    name = "6" if elem_max == 6.0 else "448"
+    assert (z, h, n) == tuple(getattr(mx, f"RCEIL_{name}_{k}").value for k in "ZHN")
+    assert getattr(mx, f"RCP_{name}").value == torch.tensor(1 / elem_max, dtype=torch.float32).item()
+    out = torch.zeros(1, dtype=torch.int64, device="cuda")
+    block = 8192
+    _rceil_mismatch_kernel[(0x7F800000 // block,)](out, ELEM_MAX=elem_max, BLOCK=block, num_warps=8, **LAUNCH)
+    assert out.item() == 0, f"{out.item()} exponents differ"
+
+
+@pytest.mark.parametrize("fmax", [448.0, 57344.0, 0.0], ids=["e4m3", "e5m2", "nvfp4"])
+def test_group_scales_and_reciprocals_every_float32_amax(fmax):
+    """Every finite float32 amax: FP8 group scales by div_steps where group_scales takes them,
+    NVFP4's fast block scales, divisors and reciprocals for global scales over global_ok's range,
+    and recip(d) for every d in [2^-60, 2^100]: the correctly rounded bits."""
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    e = torch.randint(-51, 91, (6,), generator=gen)
+    s_g = torch.cat([((e + 127) << 23 | torch.randint(0, 1 << 23, (6,), generator=gen)).to(torch.int32).view(
+        torch.float32), torch.tensor([2.0**-51, 2.0**91, 1.0 / 2688, 448.0 / 2688])]).cuda()
+    out = torch.zeros(4, dtype=torch.int64, device="cuda")
+    block = 8192
+    for g in s_g if fmax == 0.0 else s_g[:1]:
+        _scale_mismatch_kernel[(0x7F800000 // block,)](g.reshape(1), out, FMAX=fmax, BLOCK=block, num_warps=8,
+                                                       **LAUNCH)
+    taken, bad, bad_y, bad_recip = out.tolist()
+    assert bad_recip == 0, f"recip(d) differs from div_rn(1, d) for {bad_recip} divisor patterns"
+    assert bad == 0, f"{bad} scales differ (global scales {s_g.tolist()})"
+    assert bad_y == 0, f"{bad_y} reciprocals of NVFP4 divisors differ"
+    if fmax:  # every amax in [fmax 2^-60, fmax 2^100] takes the fast path: 5/8 of the patterns
+        assert taken == 0x50000001 + 1, taken  # the range, and amax 0
 
 
 def test_div_fast_every_float32_numerator():

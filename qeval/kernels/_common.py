@@ -157,7 +157,12 @@ def load_pairs(x_ptr, offs, mask, PAIR: tl.constexpr):
     """Load element pairs (2j, 2j+1) through an integer view of x: x_ptr points at int32
     (PAIR == 16, two bf16/fp16) or int64 (PAIR == 32, two float32); returns the two
     halves as int32 bit patterns of the low (even) and high (odd) element."""
-    v = tl.load(x_ptr + offs, mask=mask, other=0)
+    return split_pairs(tl.load(x_ptr + offs, mask=mask, other=0), PAIR)
+
+
+@triton.jit
+def split_pairs(v, PAIR: tl.constexpr):
+    """``load_pairs``' halves of loaded pair integers v."""
     if PAIR == 32:
         lo = (v & 0xFFFFFFFF).to(tl.int32)
         hi = (v >> 32).to(tl.int32)
@@ -165,6 +170,30 @@ def load_pairs(x_ptr, offs, mask, PAIR: tl.constexpr):
         lo = v & 0xFFFF
         hi = (v >> 16) & 0xFFFF
     return lo, hi
+
+
+@triton.jit
+def pair_floats(v, SRC: tl.constexpr, PAIR: tl.constexpr):
+    """The two elements (low, high) of pair integers v loaded through ``load_pairs``' view,
+    as float32; a bf16 pair costs a shift and a mask."""
+    if SRC == 1:
+        return (v << 16).to(tl.float32, bitcast=True), (v & -65536).to(tl.float32, bitcast=True)
+    lo, hi = split_pairs(v, PAIR)
+    return half_to_f32(lo, SRC), half_to_f32(hi, SRC)
+
+
+@triton.jit
+def pair_byte(mag_a, mag_b, v, a, b, keep, PAIR: tl.constexpr):
+    """The packed FP4 byte of the element pair v = (a, b) (a in the low nibble) from their
+    magnitude codes: signs from the sign bits (of 16-bit elements: bits 15 and 31 of v, moved
+    to bits 3 and 7 by one multiply-high, 2^20 + 2^8 shifting them by 20 and 8; the uint8
+    store drops the stray bit 19), all masked by ``keep`` (0 for a NaN/Inf block, else 0xFF)."""
+    mag = mag_a + (mag_b << 4)
+    if PAIR == 16:
+        sign = tl.umulhi(v.to(tl.uint32, bitcast=True) & 0x80008000, 0x00100100).to(tl.int32, bitcast=True)
+    else:
+        sign = ((a.to(tl.int32, bitcast=True) >> 28) & 8) | ((b.to(tl.int32, bitcast=True) >> 24) & 0x80)
+    return (mag | sign) & keep
 
 
 @triton.jit
@@ -198,8 +227,14 @@ def quotient_ok(mb, d):
 
 @triton.jit
 def recip(d):
-    """RN(1 / d), once per scale group, for ``div_fast``."""
-    return tl.math.div_rn(1.0, d)
+    """RN(1 / d) for d in [2^-60, 2^100] (``quotient_ok``'s range; NaN stays NaN), once per scale
+    group, for ``div_fast``: ``div_rn(1, d)``'s own sequence (an approximate reciprocal, then
+    Newton and Markstein steps) without its range check and slow-path branch, which this range
+    never needs (tests/test_kernel_fast_paths.py compares every divisor of the range)."""
+    y = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [d], dtype=tl.float32, is_pure=True, pack=1)
+    nd = -d
+    y = tl.math.fma(y, tl.math.fma(nd, y, 1.0), y)
+    return tl.math.fma(y, tl.math.fma(nd, y, 1.0), y)
 
 
 @triton.jit
@@ -213,11 +248,68 @@ def div_fast(x, d, y):
     exact for |x / d| >= 2^-20; below that (a residual may underflow) the result can
     miss by an ulp, but still has x's sign and rounds to zero on every FP8 / E2M1 grid.
     The sign is ORed back in because x = -0 gives +0 + -0 = +0 in the last step."""
+    q = div_steps(x, d, y)
+    return (q.to(tl.int32, bitcast=True) | (x.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def div_steps(x, d, y):
+    """``div_fast`` without restoring the sign of a zero quotient (the E2M1 helpers below take
+    the sign from x). Where x / d overflows, the result is NaN, Inf or above 2^100."""
     nd = -d  # once per group (before the broadcast)
     q = x * y
     q = tl.math.fma(tl.math.fma(q, nd, x), y, q)
-    q = tl.math.fma(tl.math.fma(q, nd, x), y, q)
-    return (q.to(tl.int32, bitcast=True) | (x.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32, bitcast=True)
+    return tl.math.fma(tl.math.fma(q, nd, x), y, q)
+
+
+@triton.jit
+def or_sign(r, x):
+    """r (sign bit clear) with the sign of x, as one LOP3 (the compiler splits the AND and the OR
+    otherwise, hoisting the AND and holding its result in a register)."""
+    return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, 0x80000000, 0xF8;", "=r,r,r", [r, x],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def max_abs_nan(a, b):
+    """max(|a|, |b|), NaN if either is NaN (one FMNMX.NAN with |.| operands): block maxima that
+    keep a NaN block visible, without masking the sign bits first."""
+    return tl.maximum(tl.abs(a), tl.abs(b), propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _e2m1_sum(q):
+    """(|q| clamped to 6 plus a magic power of two, the magic's exponent bits) for RNE onto the
+    E2M1 grid: the magic's last mantissa bit is the grid's spacing in |q|'s binade (0.5 below
+    2, 1 below 4, 2 above). NaN, from an overflowed quotient, clamps to 6 (min.f32 returns
+    the number)."""
+    m = tl.minimum(tl.abs(q), 6.0)
+    e = tl.maximum(m.to(tl.int32, bitcast=True) & 0x7F800000, 0x3F800000)
+    return m + e.to(tl.float32, bitcast=True) * 4194304.0, e
+
+
+@triton.jit
+def e2m1_round_sat(q, x):
+    """``e2m1_round(x / d)`` (d > 0) from ``q = div_steps(x, d, 1 / d)``: the sign is x's, and a
+    quotient that overflowed (NaN, Inf, huge) saturates to 6 as the exact one does."""
+    s, e = _e2m1_sum(q)
+    return or_sign(s - e.to(tl.float32, bitcast=True) * 4194304.0, x)
+
+
+@triton.jit
+def e2m1_code_sat(q, x):
+    """``e2m1_code(e2m1_round(x / d))`` from ``q = div_steps(x, d, 1 / d)``, as ``e2m1_round_sat``.
+    The sum's bits are magic + k (k grid steps); the code is k plus 2 per binade above [1, 2)."""
+    return e2m1_mag(q) | ((x.to(tl.int32, bitcast=True) >> 28) & 8)
+
+
+@triton.jit
+def e2m1_mag(q):
+    """The magnitude part (0-7) of ``e2m1_code_sat``. The sum's bits are magic + k (k grid
+    steps of the magic's binade); the code is k plus 2 per binade above [1, 2)."""
+    s, e = _e2m1_sum(q)
+    # magic = e + (22 << 23) as bits; 2 per binade = (e >> 22) - 254
+    return (s.to(tl.int32, bitcast=True) - e - (0x0B000000 + 254)) + (e >> 22)
 
 
 @triton.jit
@@ -231,16 +323,3 @@ def cast_fp8_finite(v, FP8: tl.constexpr):
     """``cast_fp8_bits`` for finite v: the saturating RNE conversion (satfinite on sm_89+)
     already clamps to +-max, and there is no Inf or NaN to patch."""
     return v.to(FP8, fp_downcast_rounding="rtne").to(tl.uint8, bitcast=True)
-
-
-@triton.jit
-def e2m1_code_finite(v):
-    """``e2m1_code(e2m1_round(v))`` for finite v, from v's bits in a dozen integer ops:
-    |v| >= 1 rounds its mantissa to one bit (ties to even; the carry moves the exponent) and
-    the code is read off exponent and bit (1.0 -> 2 ... 6.0 -> 7, larger saturates to 7);
-    |v| < 1 is 2|v| rounded to 0, 1 or 2 (adding 1.5 * 2^23 makes the FMA round there)."""
-    b = v.to(tl.int32, bitcast=True)
-    mb = b & 0x7FFFFFFF
-    big = tl.minimum(((mb + 0x1FFFFF + ((mb >> 22) & 1)) >> 22) - 252, 7)
-    small = tl.math.fma(mb.to(tl.float32, bitcast=True), 2.0, 12582912.0).to(tl.int32, bitcast=True) & 3
-    return tl.where(mb < 0x3F800000, small, big) | ((b >> 28) & 8)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (abs_bits, all_ok, cast_fp8_bits, cast_fp8_finite, decode_scale, div_fast, finite_abs,
-                      fp8_bits_to_f32, quotient_ok, recip, tile_ids)
+from ._common import (abs_bits, all_ok, cast_fp8_bits, cast_fp8_finite, decode_scale, div_fast, div_steps, finite_abs,
+                      fp8_bits_to_f32, max_abs_nan, quotient_ok, recip, tile_ids)
 
 
 @triton.jit
@@ -57,16 +57,45 @@ def fp8_tensor_kernel(
         tl.store(s_ptr, s, mask=pid == 0)
 
 
+# Group scales amax / FMAX by div_steps: exact (div_rn's bits; tests/test_kernel_fast_paths.py
+# compares every amax) where amax lies in [FMAX 2^-60, FMAX 2^100], where the scale also
+# lies in quotient_ok's range and no quotient overflows; an all-zero group has scale 1.
+RCP_448 = tl.constexpr(0.0022321429569274187)
+RCP_57344 = tl.constexpr(1.743861685099546e-05)
+
+
+@triton.jit
+def group_scales(mb, FMAX: tl.constexpr):
+    """(scales, ok) from groups' max |x| bits ``mb``; ``ok``: the fast path holds for the group."""
+    if FMAX == 448.0:
+        s = div_steps(mb.to(tl.float32, bitcast=True), FMAX, RCP_448)
+        ok = (mb <= 0x75E00000) & ((mb >= 0x25E00000) | (mb == 0))
+    else:
+        s = div_steps(mb.to(tl.float32, bitcast=True), FMAX, RCP_57344)
+        ok = (mb <= 0x79600000) & ((mb >= 0x29600000) | (mb == 0))
+    return tl.where(mb == 0, 1.0, s), ok
+
+
+@triton.jit
+def max_bits(x, axis):
+    """max |x| along axis as int32 bits, >= INF bits where the group holds NaN/Inf."""
+    return tl.reduce(tl.abs(x), axis, max_abs_nan).to(tl.int32, bitcast=True)
+
+
 @triton.jit
 def _row_tile(x, FP8: tl.constexpr, FMAX: tl.constexpr, INF_POS: tl.constexpr, INF_NEG: tl.constexpr,
               NAN_CODE: tl.constexpr, AXIS: tl.constexpr):
     """Scales along AXIS (the last) of a tile and its codes: (codes uint8, scales)."""
-    mb = tl.max(abs_bits(x), axis=AXIS)
-    if tl.max(mb, axis=None) < 0x7F800000:  # finite tile: the amax is the integer max of the bits
-        s = decode_scale(mb.to(tl.float32, bitcast=True), FMAX)
+    mb = max_bits(x, AXIS)
+    s, ok = group_scales(mb, FMAX)
+    if all_ok(ok):
+        q = to_codes(x, tl.expand_dims(s, AXIS), True, FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
     else:
-        s = decode_scale(tl.max(finite_abs(x), axis=AXIS), FMAX)
-    q = to_codes(x, tl.expand_dims(s, AXIS), all_ok(quotient_ok(mb, s)), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+        if tl.max(mb, axis=None) < 0x7F800000:  # finite tile: the amax is the max of the bits
+            s = decode_scale(mb.to(tl.float32, bitcast=True), FMAX)
+        else:
+            s = decode_scale(tl.max(finite_abs(x), axis=AXIS), FMAX)
+        q = to_codes(x, tl.expand_dims(s, AXIS), False, FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
     return q, s
 
 
@@ -103,18 +132,26 @@ def fp8_row_kernel(
         q, s = _row_tile(x, FP8, FMAX, INF_POS, INF_NEG, NAN_CODE, 1)
         _store_rows(q, s, out_ptr, q_ptr, rm, rk, som, sqm, mask, FAKE, SPLIT, FP8)
     else:
-        amax = tl.zeros([BM], tl.float32)
-        mb = tl.zeros([BM], tl.int32)  # max |x| bits, NaN/Inf included: decides the fast path
+        mb = tl.zeros([BM], tl.int32)  # max |x| bits, NaN/Inf included
         for k0 in range(0, K, BK):
             rk = k0 + tl.arange(0, BK)
             x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=row_ok & (rk[None, :] < K), other=0.0)
-            x = x.to(tl.float32)
-            amax = tl.maximum(amax, tl.max(finite_abs(x), axis=1))
-            mb = tl.maximum(mb, tl.max(abs_bits(x), axis=1))
-        s = decode_scale(amax, FMAX)
-        fast = all_ok(quotient_ok(mb, s))
-        for k0 in range(0, K, BK):
-            rk = k0 + tl.arange(0, BK)
+            mb = tl.maximum(mb, max_bits(x.to(tl.float32), 1))
+        s, ok = group_scales(mb, FMAX)
+        fast = all_ok(ok)
+        if not fast:
+            if tl.max(mb, axis=None) < 0x7F800000:
+                s = decode_scale(mb.to(tl.float32, bitcast=True), FMAX)
+            else:  # a row holds NaN/Inf: its scale comes from the finite values (one more sweep)
+                amax = tl.zeros([BM], tl.float32)
+                for k0 in range(0, K, BK):
+                    rk = k0 + tl.arange(0, BK)
+                    x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=row_ok & (rk[None, :] < K), other=0.0)
+                    amax = tl.maximum(amax, tl.max(finite_abs(x.to(tl.float32)), axis=1))
+                s = decode_scale(amax, FMAX)
+        n = tl.cdiv(K, BK)
+        for i in range(0, n):  # last chunk first: the most recently read is likeliest still in L2
+            rk = (n - 1 - i) * BK + tl.arange(0, BK)
             mask = row_ok & (rk[None, :] < K)
             x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=mask, other=0.0).to(tl.float32)
             q = to_codes(x, s[:, None], fast, FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
@@ -125,51 +162,74 @@ def fp8_row_kernel(
 
 @triton.jit
 def fp8_block_kernel(
-    x_ptr, out_ptr, q_ptr, s_ptr, M, K, KP, sxm, som, sqm, ssm, ssb,
-    FAKE: tl.constexpr, TILE2D: tl.constexpr, FP8: tl.constexpr, FMAX: tl.constexpr,
+    x_ptr, out_ptr, q_ptr, s_ptr, M, K, KP, sxm, som, sqm, ssm,
+    FAKE: tl.constexpr, FP8: tl.constexpr, FMAX: tl.constexpr,
     INF_POS: tl.constexpr, INF_NEG: tl.constexpr, NAN_CODE: tl.constexpr,
     BM: tl.constexpr, BK: tl.constexpr, KFAST: tl.constexpr,
 ):
-    """128-blocks along K. TILE2D: one scale per 128x128 tile of a [L, M, K] stack
-    (weights; program axis 0 runs over L * ceil(M / 128)); else one per 1x128 group."""
+    """One scale per 1x128 group along K (activations)."""
     NB: tl.constexpr = BK // 128
     pid_m, pid_k = tile_ids(KFAST)
-    if TILE2D:
-        mt = tl.cdiv(M, BM)
-        mat = pid_m // mt
-        rm = ((pid_m % mt) * BM + tl.arange(0, BM)).to(tl.int64)
-        base = mat.to(tl.int64) * M
-    else:
-        rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
-        base = 0
+    rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
     rk = pid_k * BK + tl.arange(0, BK)
     row_ok = rm[:, None] < M
-    x = tl.load(x_ptr + (base + rm[:, None]) * sxm + rk[None, :], mask=row_ok & (rk[None, :] < K), other=0.0)
-    x = x.to(tl.float32)
-    if TILE2D:
-        mb = tl.max(tl.max(abs_bits(x), axis=1), axis=0)
-        amax = mb.to(tl.float32, bitcast=True)
-        if mb < 0x7F800000:
-            s = decode_scale(amax, FMAX)
-        else:
-            s = decode_scale(tl.max(tl.max(finite_abs(x), axis=1), axis=0), FMAX)
-        q = to_codes(x, s, quotient_ok(mb, s), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
-        if FAKE:
-            deq = fp8_bits_to_f32(q, FP8) * s
-    else:
-        xb = tl.reshape(x, (BM, NB, 128))
-        qb, s = _row_tile(xb, FP8, FMAX, INF_POS, INF_NEG, NAN_CODE, 2)
-        q = tl.reshape(qb, (BM, BK))
-        if FAKE:
-            deq = tl.reshape(fp8_bits_to_f32(qb, FP8) * s[:, :, None], (BM, BK))
+    x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=row_ok & (rk[None, :] < K), other=0.0)
+    qb, s = _row_tile(tl.reshape(x.to(tl.float32), (BM, NB, 128)), FP8, FMAX, INF_POS, INF_NEG, NAN_CODE, 2)
     if FAKE:
-        tl.store(out_ptr + (base + rm[:, None]) * som + rk[None, :], deq.to(out_ptr.dtype.element_ty),
+        deq = tl.reshape(fp8_bits_to_f32(qb, FP8) * s[:, :, None], (BM, BK))
+        tl.store(out_ptr + rm[:, None] * som + rk[None, :], deq.to(out_ptr.dtype.element_ty),
                  mask=row_ok & (rk[None, :] < K))
     else:
-        tl.store(q_ptr + (base + rm[:, None]) * sqm + rk[None, :], q, mask=row_ok & (rk[None, :] < KP))
-        if TILE2D:
-            # scale layout [L, ceil(M/128), KP/128]: ssb = stride of one matrix, ssm = of one row-block
-            tl.store(s_ptr + mat.to(tl.int64) * ssb + (pid_m % mt) * ssm + pid_k, s)
+        tl.store(q_ptr + rm[:, None] * sqm + rk[None, :], tl.reshape(qb, (BM, BK)), mask=row_ok & (rk[None, :] < KP))
+        rs = pid_k * NB + tl.arange(0, NB)
+        tl.store(s_ptr + rm[:, None] * ssm + rs[None, :], s, mask=row_ok & (rs[None, :] < KP // 128))
+
+
+@triton.jit
+def fp8_tile2d_kernel(
+    x_ptr, out_ptr, q_ptr, s_ptr, M, K, KP, sxm, som, sqm, ssm, ssb,
+    FAKE: tl.constexpr, FP8: tl.constexpr, FMAX: tl.constexpr,
+    INF_POS: tl.constexpr, INF_NEG: tl.constexpr, NAN_CODE: tl.constexpr, CH: tl.constexpr, KFAST: tl.constexpr,
+):
+    """One scale per 128x128 tile of a [L, M, K] stack (weights; program axis 0 runs over
+    L * ceil(M / 128)), in two sweeps of CH-row chunks: the tile's amax, then its codes, last
+    chunk first (the re-read mostly hits L2). Holding one chunk at a time keeps registers few,
+    so many tiles are in flight (holding the whole tile allowed one per SM: 58% of copy)."""
+    pid_m, pid_k = tile_ids(KFAST)
+    mt = tl.cdiv(M, 128)
+    mat = pid_m // mt
+    r0 = (pid_m % mt) * 128
+    base = mat.to(tl.int64) * M
+    rk = pid_k * 128 + tl.arange(0, 128)
+    mb = tl.zeros([CH], tl.int32)
+    for c in range(0, 128, CH):
+        rm = (r0 + c + tl.arange(0, CH)).to(tl.int64)
+        x = tl.load(x_ptr + (base + rm[:, None]) * sxm + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K),
+                    other=0.0)
+        mb = tl.maximum(mb, max_bits(x.to(tl.float32), 1))
+    m = tl.max(mb, axis=0)
+    s, fast = group_scales(m, FMAX)
+    if not fast:
+        if m < 0x7F800000:
+            s = decode_scale(m.to(tl.float32, bitcast=True), FMAX)
+        else:  # NaN/Inf in the tile: the scale comes from its finite values (one more sweep)
+            amax = tl.zeros([CH], tl.float32)
+            for c in range(0, 128, CH):
+                rm = (r0 + c + tl.arange(0, CH)).to(tl.int64)
+                x = tl.load(x_ptr + (base + rm[:, None]) * sxm + rk[None, :],
+                            mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
+                amax = tl.maximum(amax, tl.max(finite_abs(x.to(tl.float32)), axis=1))
+            s = decode_scale(tl.max(amax, axis=0), FMAX)
+    for i in range(0, 128 // CH):
+        rm = (r0 + 128 - CH * (i + 1) + tl.arange(0, CH)).to(tl.int64)
+        row_ok = rm[:, None] < M
+        x = tl.load(x_ptr + (base + rm[:, None]) * sxm + rk[None, :], mask=row_ok & (rk[None, :] < K), other=0.0)
+        q = to_codes(x.to(tl.float32), s, fast, FP8, FMAX, INF_POS, INF_NEG, NAN_CODE)
+        if FAKE:
+            tl.store(out_ptr + (base + rm[:, None]) * som + rk[None, :],
+                     (fp8_bits_to_f32(q, FP8) * s).to(out_ptr.dtype.element_ty), mask=row_ok & (rk[None, :] < K))
         else:
-            rs = pid_k * NB + tl.arange(0, NB)
-            tl.store(s_ptr + rm[:, None] * ssm + rs[None, :], s, mask=row_ok & (rs[None, :] < KP // 128))
+            tl.store(q_ptr + (base + rm[:, None]) * sqm + rk[None, :], q, mask=row_ok & (rk[None, :] < KP))
+    if not FAKE:
+        # scale layout [L, ceil(M/128), KP/128]: ssb = stride of one matrix, ssm = of one row-block
+        tl.store(s_ptr + mat.to(tl.int64) * ssb + (pid_m % mt) * ssm + pid_k, s)

@@ -21,7 +21,7 @@ from qeval.formats.nvfp4 import NVFP4Format
 
 from . import tuning
 from ._common import LAUNCH, amax_kernel, fp8_special_codes
-from .fp8 import fp8_block_kernel, fp8_row_kernel, fp8_tensor_kernel
+from .fp8 import fp8_block_kernel, fp8_row_kernel, fp8_tensor_kernel, fp8_tile2d_kernel
 from .mx import mx_kernel, mxfp4_quant_pairs_kernel
 from .nvfp4 import fp4_dequant_kernel, nvfp4_kernel, nvfp4_quant_pairs_kernel
 
@@ -116,27 +116,25 @@ def run_nvfp4(fmt: NVFP4Format, x: torch.Tensor, amax, role: str, fake: bool,
     x2 = _as_2d(x)
     m, k = x2.shape
     kp = triton.cdiv(k, 16) * 16
-    values = fake or split_dtype is not None
-    cfg = tuning.config("nvfp4" if values else "nvfp4_quant", x.device)
-    bm, bk = _tile(kp, 16, cfg)
-    grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp, bk), cfg)
     a = _amax_arg(x2, amax)
-    if values:
+    if fake or split_dtype is not None:
+        cfg = tuning.config("nvfp4", x.device)
+        bm, bk = _tile(kp, 16, cfg)
+        grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp, bk), cfg)
         out = torch.empty(m, k, dtype=split_dtype or x2.dtype, device=x.device)
         gs = a if split_dtype is None else torch.empty(1, dtype=torch.float32, device=x.device)
-        nvfp4_kernel[grid](x2, out, out, out, a, gs, m, k, kp, x2.stride(0), out.stride(0), 0, 0,
-                           FAKE=True, SPLIT=split_dtype is not None, BM=bm, BK=bk, KFAST=kfast,
-                           num_warps=cfg["warps"], **LAUNCH)
+        nvfp4_kernel[grid](x2, out, a, gs, m, k, x2.stride(0), out.stride(0), SPLIT=split_dtype is not None,
+                           BM=bm, BK=bk, KFAST=kfast, num_warps=cfg["warps"], **LAUNCH)
         return out.reshape(x.shape) if split_dtype is None else (out.reshape(x.shape), gs.reshape(_scalar_shape(amax)))
     q = torch.empty(m, kp // 2, dtype=torch.uint8, device=x.device)
     s = torch.empty(m, kp // 16, dtype=torch.uint8, device=x.device)
     gs = torch.empty(1, dtype=torch.float32, device=x.device)
     xp = _pairs_view(x2)
-    if xp is not None:
-        _pairs_launch(nvfp4_quant_pairs_kernel, x2, xp, q, s, kp, 16, (a, gs), {})
-    else:
-        nvfp4_kernel[grid](x2, x2, q, s, a, gs, m, k, kp, x2.stride(0), 0, q.stride(0), s.stride(0),
-                           FAKE=False, BM=bm, BK=bk, KFAST=kfast, num_warps=cfg["warps"], **LAUNCH)
+    if xp is None:  # odd width or a storage offset off the pair grid: a zero-padded copy (the padding's codes are 0)
+        pad = torch.zeros(m, kp, dtype=x2.dtype, device=x.device)
+        pad[:, :k] = x2
+        x2, xp = pad, pad.view(torch.int64 if pad.dtype == torch.float32 else torch.int32)
+    _pairs_launch(nvfp4_quant_pairs_kernel, x2, xp, q, s, kp, 16, (a, gs), {})
     lead = x.shape[:-1]
     return QTensor(q.reshape(*lead, kp // 2), s.view(torch.float8_e4m3fn).reshape(*lead, kp // 16),
                    gs.reshape(_scalar_shape(amax)), x.shape, fmt, padded=kp != k, role=role)
@@ -251,39 +249,37 @@ def _fp8_row(fmt, x, role, fake):
 def _fp8_block(fmt, x, role, fake):
     k = x.shape[-1]
     kp = triton.cdiv(k, 128) * 128
-    tile2d = role == "weight" and x.dim() >= 2
     x2 = _as_2d(x)
-    flags = dict(**_fp8_flags(fmt), TILE2D=tile2d, **LAUNCH)
-    if tile2d:
+    flags = dict(**_fp8_flags(fmt), **LAUNCH)
+    if role == "weight" and x.dim() >= 2:  # 128x128 tiles of each matrix
         rows = x.shape[-2]
         mats = math.prod(x.shape[:-2])
         nb = triton.cdiv(rows, 128)
-        bm, bk = 128, 128
         cfg = tuning.config("fp8_tile2d", x.device)
         grid, kfast = _grid2(mats * nb, kp // 128, cfg)
-        flags.update(num_warps=cfg["warps"], KFAST=kfast)
-    else:
+        kernel, flags = fp8_tile2d_kernel, dict(flags, num_warps=cfg["warps"], CH=cfg["chunk"], KFAST=kfast)
+        s = torch.empty(mats, nb, kp // 128, dtype=torch.float32, device=x.device)
+        ssm, ssb = s.stride(1), s.stride(0)
+        s_shape = (*x.shape[:-2], nb, kp // 128)
+        extra = (ssb,)
+    else:  # 1x128 groups
         rows = x2.shape[0]
         cfg = tuning.config("fp8_block", x.device)
         bm, bk = _tile(kp, 128, cfg)
         grid, kfast = _grid2(triton.cdiv(rows, bm), triton.cdiv(kp, bk), cfg)
-        flags.update(num_warps=cfg["warps"], KFAST=kfast)
+        kernel, flags = fp8_block_kernel, dict(flags, num_warps=cfg["warps"], BM=bm, BK=bk, KFAST=kfast)
+        s = torch.empty(rows, kp // 128, dtype=torch.float32, device=x.device)
+        ssm = s.stride(0)
+        s_shape = (*x.shape[:-1], kp // 128)
+        extra = ()
     if fake:
         out = torch.empty_like(x2)
-        fp8_block_kernel[grid](x2, out, out, out, rows, k, kp, x2.stride(0), out.stride(0), 0, 0, 0,
-                               FAKE=True, BM=bm, BK=bk, **flags)
+        kernel[grid](x2, out, out, out, rows, k, kp, x2.stride(0), out.stride(0), 0, 0, *(0 for _ in extra),
+                     FAKE=True, **flags)
         return out.reshape(x.shape)
     q = torch.empty(x2.shape[0], kp, dtype=fmt.dtype, device=x.device)
-    if tile2d:
-        s = torch.empty(mats, nb, kp // 128, dtype=torch.float32, device=x.device)
-        ssm, ssb = s.stride(1), s.stride(0)
-        s_shape = (*x.shape[:-2], nb, kp // 128)
-    else:
-        s = torch.empty(rows, kp // 128, dtype=torch.float32, device=x.device)
-        ssm, ssb = s.stride(0), 0
-        s_shape = (*x.shape[:-1], kp // 128)
-    fp8_block_kernel[grid](x2, x2, q.view(torch.uint8), s, rows, k, kp, x2.stride(0), 0, q.stride(0), ssm, ssb,
-                           FAKE=False, BM=bm, BK=bk, **flags)
+    kernel[grid](x2, x2, q.view(torch.uint8), s, rows, k, kp, x2.stride(0), 0, q.stride(0), ssm, *extra,
+                 FAKE=False, **flags)
     return QTensor(q.reshape(*x.shape[:-1], kp), s.reshape(s_shape), None, x.shape, fmt,
                    padded=kp != k, role=role)
 

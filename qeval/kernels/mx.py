@@ -12,23 +12,36 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (cast_fp8_bits, cast_fp8_finite, e2m1_code, e2m1_code_finite, e2m1_round, fp8_bits_to_f32,
-                      half_to_f32, load_pairs, nan_like, pack_nibbles, tile_ids)
+from ._common import (cast_fp8_bits, cast_fp8_finite, div_steps, e2m1_code_sat, e2m1_mag, e2m1_round_sat,
+                      fp8_bits_to_f32, max_abs_nan, nan_like, pack_nibbles, pair_byte, pair_floats, tile_ids)
 
 G = 32
+# rceil: RN(1 / max) and the largest amax bits with amax / max rounding to 0 and to <= 2^-127,
+# and the smallest rounding to >= 2^-126 (exact rational arithmetic, scripted in the test)
+RCP_6 = tl.constexpr(0.16666667163372040)
+RCEIL_6_Z, RCEIL_6_H, RCEIL_6_N = tl.constexpr(0x3), tl.constexpr(0x1400001), tl.constexpr(0x1C00000)
+RCP_448 = tl.constexpr(0.0022321429569274187)
+RCEIL_448_Z, RCEIL_448_H, RCEIL_448_N = tl.constexpr(0xE0), tl.constexpr(0x4600001), tl.constexpr(0x4E00000)
 
 
 @triton.jit
 def mx_exponent(mb, EMAX: tl.constexpr, ELEM_MAX: tl.constexpr, RCEIL: tl.constexpr):
     """Unbiased E8M0 exponent (int32, in [-127, 127]) from block-amax bits ``mb``."""
     if RCEIL:
-        v = tl.math.div_rn(mb.to(tl.float32, bitcast=True), ELEM_MAX)
+        # v = amax / ELEM_MAX correctly rounded: div_steps where v is normal (its bits are div_rn's,
+        # tests/test_kernel_fast_paths.py checks every float32 amax); below, only which of 0,
+        # (0, 2^-127] or (2^-127, 2^-126) v falls in matters, decided on amax's bits.
+        if ELEM_MAX == 6.0:
+            v = div_steps(mb.to(tl.float32, bitcast=True), ELEM_MAX, RCP_6)
+            z, h, n = RCEIL_6_Z, RCEIL_6_H, RCEIL_6_N
+        else:
+            v = div_steps(mb.to(tl.float32, bitcast=True), ELEM_MAX, RCP_448)
+            z, h, n = RCEIL_448_Z, RCEIL_448_H, RCEIL_448_N
         vb = v.to(tl.int32, bitcast=True)
         be = vb >> 23
         # exact ceil(log2 v) from the bits (frexp semantics: v == 0 gives 0)
         e = tl.where((vb & 0x7FFFFF) != 0, be - 126, be - 127)
-        e = tl.where(be == 0, tl.where(vb > 0x00400000, -126, -127), e)
-        e = tl.where(vb == 0, 0, e)
+        e = tl.where(mb < n, tl.where(mb > h, -126, tl.where(mb > z, -127, 0)), e)
     else:
         e = (mb >> 23) - 127 - EMAX  # a subnormal amax lands below -127 and is clamped
     e = tl.where(mb == 0, -127, e)
@@ -67,7 +80,7 @@ def mx_kernel(
     finite = tl.max(mb, axis=None) < 0x7F800000
     if FP4:
         if FAKE:
-            deq = e2m1_round(v)
+            deq = e2m1_round_sat(v, xb)  # a NaN/Inf block's scl is NaN
     else:
         if finite:
             qb = cast_fp8_finite(v, tl.float8e4nv)
@@ -80,10 +93,7 @@ def mx_kernel(
                  mask=row_ok & (rk[None, :] < K))
     else:
         if FP4:
-            if finite:
-                code = tl.reshape(e2m1_code_finite(v), (BM, BK))
-            else:
-                code = tl.reshape(e2m1_code(e2m1_round(v)), (BM, BK))
+            code = tl.reshape(tl.where(nonfinite[:, :, None], 0, e2m1_code_sat(v, xb)), (BM, BK))
             packed = pack_nibbles(code, BM, BK)
             rp = pid_k * (BK // 2) + tl.arange(0, BK // 2)
             tl.store(q_ptr + rm[:, None] * sqm + rp[None, :], packed, mask=row_ok & (rp[None, :] < KP // 2))
@@ -108,22 +118,16 @@ def mxfp4_quant_pairs_kernel(
     rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
     rh = pid_k * BH + tl.arange(0, BH)
     row_ok = rm[:, None] < M
-    lo, hi = load_pairs(xp_ptr, rm[:, None] * sxm + rh[None, :], row_ok & (rh[None, :] < KH), PAIR)
-    xe = tl.reshape(half_to_f32(lo, SRC), (BM, NB, 16))
-    xo = tl.reshape(half_to_f32(hi, SRC), (BM, NB, 16))
-    mb = tl.maximum(tl.max(xe.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2),
-                    tl.max(xo.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2))
+    v = tl.reshape(tl.load(xp_ptr + rm[:, None] * sxm + rh[None, :], mask=row_ok & (rh[None, :] < KH), other=0),
+                   (BM, NB, 16))
+    xe, xo = pair_floats(v, SRC, PAIR)
+    mb = tl.reduce(max_abs_nan(xe, xo), 2, max_abs_nan).to(tl.int32, bitcast=True)
     nonfinite = mb >= 0x7F800000
     e = mx_exponent(mb, 2, 6.0, RCEIL)
-    inv = tl.where(e == 127, 0x00400000, (127 - e) << 23).to(tl.float32, bitcast=True)
-    inv = tl.where(nonfinite, nan_like(inv), inv)
-    if tl.max(mb, axis=None) < 0x7F800000:
-        ce = e2m1_code_finite(xe * inv[:, :, None])
-        co = e2m1_code_finite(xo * inv[:, :, None])
-    else:
-        ce = e2m1_code(e2m1_round(xe * inv[:, :, None]))
-        co = e2m1_code(e2m1_round(xo * inv[:, :, None]))
-    packed = tl.reshape(ce | (co << 4), (BM, BH)).to(tl.uint8)
+    inv = tl.where(e == 127, 0x00400000, (127 - e) << 23).to(tl.float32, bitcast=True)[:, :, None]
+    keep = tl.where(nonfinite, 0, 0xFF)[:, :, None]  # NaN/Inf block: codes 0, as NaN x 2^-e gives
+    pair = pair_byte(e2m1_mag(xe * inv), e2m1_mag(xo * inv), v, xe, xo, keep, PAIR)
+    packed = tl.reshape(pair, (BM, BH)).to(tl.uint8)
     tl.store(q_ptr + rm[:, None] * sqm + rh[None, :], packed, mask=row_ok & (rh[None, :] < KP // 2))
     sbits = tl.where(nonfinite, 255, e + 127).to(tl.uint8)
     rs = pid_k * NB + tl.arange(0, NB)
