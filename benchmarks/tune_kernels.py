@@ -26,13 +26,16 @@ from qeval.kernels import launch, tuning
 
 TILES = [dict(tile=t, max_bk=b, warps=w) for t, b, w in ((4096, 512, 4), (8192, 512, 8), (8192, 1024, 4), (16384, 1024, 8))]
 CANDIDATES = {
-    "nvfp4": TILES, "mx": TILES, "fp4_pairs": TILES, "fp4_dequant": TILES, "fp8_block": TILES,
+    "nvfp4": TILES, "mx": TILES, "fp4_dequant": TILES, "fp8_block": TILES,
+    # NVFP4's pair kernel holds at most 32 elements per thread (launch.PAIRS_NVFP4_MAX_PER_THREAD)
+    "fp4_pairs": TILES + [dict(tile=2048, max_bk=512, warps=2), dict(tile=4096, max_bk=1024, warps=4)],
     "mx_quant": TILES + [dict(tile=8192, max_bk=256, warps=4), dict(tile=16384, max_bk=512, warps=8)],
     "fp8_tensor": [dict(tile=t, warps=w) for t, w in ((4096, 4), (8192, 8), (16384, 8))],
     "fp8_tile2d": [dict(warps=w, chunk=c) for w, c in ((4, 32), (4, 16), (8, 32), (8, 64))],
     "fp8_row": [dict(max_single=16384), dict(max_single=32768, max_warps=32, per_thread=32),
                 dict(max_single=8192, sweep_bk=8192, sweep_warps=16), dict(max_single=8192, sweep_bk=4096, sweep_warps=8),
-                dict(max_single=16384, sweep_bk=2048, sweep_warps=4), dict(max_single=16384, sweep_bk=8192, sweep_warps=8)],
+                dict(max_single=16384, sweep_bk=2048, sweep_warps=4), dict(max_single=16384, sweep_bk=8192, sweep_warps=8),
+                dict(max_single=8192, sweep_bk=16384, sweep_warps=16), dict(max_single=8192, sweep_bk=16384, sweep_warps=8)],
     "amax": [dict(block=b, iters=i, warps=w) for b, i, w in ((4096, 8, 8), (16384, 2, 16))],
 }
 # Keys whose grid may run along the columns first ("order": "k"); --orders tries just that.

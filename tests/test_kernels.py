@@ -306,6 +306,30 @@ def test_scale_that_underflows_to_zero(spec):
 
 @gpu
 @needs_kernels
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32), ids=str)
+@pytest.mark.parametrize("shape", [dict(tile=t, max_bk=b, warps=w, order=o) for t, b, w, o in (
+    (4096, 512, 4, "m"), (2048, 512, 2, "k"), (8192, 1024, 4, "k"), (8192, 512, 2, "m"), (2048, 256, 1, "m"),
+    (16384, 1024, 8, "m"))], ids=lambda c: "{tile}-{max_bk}-{warps}{order}".format(**c))
+def test_packed_fp4_gives_the_reference_bits_under_any_launch_shape(shape, dtype):
+    """Launch shapes change speed, never bits: the packed-FP4 pair kernels under tuning candidates
+    (some asking for 64-128 elements per thread, where the NVFP4 kernel gave wrong codes before
+    launch.PAIRS_NVFP4_MAX_PER_THREAD) on a tensor with masked edges, NaN, Inf and a zero block."""
+    from qeval.kernels import tuning
+
+    gen = torch.Generator().manual_seed(31)
+    x = sample("normal", (333, 4112), dtype, gen) * 30
+    x[5, 17], x[200, 4000], x[7, :16] = float("nan"), float("inf"), 0.0
+    tuning.OVERRIDE["fp4_pairs"] = shape
+    try:
+        for spec in ("nvfp4", "mxfp4", "mxfp4:rceil"):
+            check(spec, x, role="activation")
+        check("nvfp4", x, amax=torch.tensor(100.0), role="activation")
+    finally:
+        tuning.OVERRIDE.pop("fp4_pairs", None)
+
+
+@gpu
+@needs_kernels
 @pytest.mark.parametrize("max_single", [16384, 32768])
 def test_long_rows(max_single):
     """FP8 per-row scales of rows longer than one default tile: one read per row or two sweeps."""

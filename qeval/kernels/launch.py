@@ -74,11 +74,23 @@ def _pairs_view(x2: torch.Tensor):
         return None
 
 
+# Elements per thread above which the NVFP4 pair kernel gave wrong codes on an H200 (Triton 3.6):
+# tiles of 64 or 128 per thread, on tensors with masked edges or NaN/Inf (cause not found).
+PAIRS_NVFP4_MAX_PER_THREAD = 32
+
+
+def _pairs_tile(kp: int, group: int, cfg: dict) -> tuple[int, int]:
+    """(rows, pairs) per program of the packed-FP4 pair kernels; NVFP4 (group 16) held to
+    PAIRS_NVFP4_MAX_PER_THREAD elements per thread, whatever the config asks."""
+    bh = max(group // 2, min(_pow2(kp // 2), cfg["max_bk"] // 2))
+    tile = cfg["tile"] if group != 16 else min(cfg["tile"], PAIRS_NVFP4_MAX_PER_THREAD * 32 * cfg["warps"])
+    return max(1, tile // (2 * bh)), bh
+
+
 def _pairs_launch(kernel, x2, xp, q, s, kp, group, extra_args, flags):
     m, kh = xp.shape
     cfg = tuning.config("fp4_pairs", x2.device)
-    bh = max(group // 2, min(_pow2(kp // 2), cfg["max_bk"] // 2))
-    bm = max(1, cfg["tile"] // (2 * bh))
+    bm, bh = _pairs_tile(kp, group, cfg)
     grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp // 2, bh), cfg)
     pair = 32 if x2.dtype == torch.float32 else 16
     kernel[grid](xp, q, s, *extra_args, m, kh, kp, xp.stride(0), q.stride(0), s.stride(0),
