@@ -94,14 +94,12 @@ def tune(keys=None, rep=60, orders=False) -> dict:
         times = []
         current = tuning.config(key, x.device)
         for cand in ([{**current, "order": o} for o in ("m", "k")] if orders else CANDIDATES[key]):
-            tuning.OVERRIDE[key] = cand
             try:
-                t = sum(triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode="median") for fn in ops[key])
+                with tuning.override(key, cand):
+                    t = sum(triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode="median") for fn in ops[key])
             except Exception as e:  # a shape that does not compile or fit is skipped, not fatal
                 print(f"{key} {cand}: {type(e).__name__}: {str(e)[:120]}", flush=True)
                 continue
-            finally:
-                tuning.OVERRIDE.pop(key, None)
             times.append((t, cand))
             print(f"{key:12s} {json.dumps(cand):60s} {t:.4f} ms", flush=True)
         t, cand = min(times, key=lambda tc: tc[0])

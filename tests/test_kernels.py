@@ -266,6 +266,19 @@ def test_reference_path_on_cuda_equals_cpu(spec):
         assert_same_bits(cuda, cpu, f"{spec} at scale {scale}")
 
 
+def test_override_holds_inside_its_block_only():
+    """tuning.override: the shape merged over the configured one in the block, gone after it, also on an error."""
+    from qeval.kernels import tuning
+
+    cpu = torch.device("cpu")
+    base = tuning.config("fp8_row", cpu)
+    with pytest.raises(RuntimeError, match="inside"):
+        with tuning.override("fp8_row", {"sweep_bk": 123}):
+            assert tuning.config("fp8_row", cpu) == {**base, "sweep_bk": 123}
+            raise RuntimeError("inside")
+    assert tuning.config("fp8_row", cpu) == base and "fp8_row" not in tuning.OVERRIDE
+
+
 def test_launch_shapes_cover_every_kernel():
     """configs/kernels.yaml: every key the launcher asks for has a default with its fields, powers of two."""
     import re
@@ -319,13 +332,10 @@ def test_packed_fp4_gives_the_reference_bits_under_any_launch_shape(shape, dtype
     gen = torch.Generator().manual_seed(31)
     x = sample("normal", (333, 4112), dtype, gen) * 30
     x[5, 17], x[200, 4000], x[7, :16] = float("nan"), float("inf"), 0.0
-    tuning.OVERRIDE["fp4_pairs"] = shape
-    try:
+    with tuning.override("fp4_pairs", shape):
         for spec in ("nvfp4", "mxfp4", "mxfp4:rceil"):
             check(spec, x, role="activation")
         check("nvfp4", x, amax=torch.tensor(100.0), role="activation")
-    finally:
-        tuning.OVERRIDE.pop("fp4_pairs", None)
 
 
 @gpu
@@ -336,11 +346,8 @@ def test_long_rows(max_single):
     from qeval.kernels import tuning
 
     gen = torch.Generator().manual_seed(29)
-    tuning.OVERRIDE["fp8_row"] = {"max_single": max_single, "max_warps": 32, "per_thread": 32}
-    try:
+    with tuning.override("fp8_row", {"max_single": max_single, "max_warps": 32, "per_thread": 32}):
         for kind in ("normal", "ties", "zeros", "wide"):
             x = sample(kind, (5, 20000), torch.bfloat16, gen)
             check("fp8_e4m3:token", x, role="activation")
             check("fp8_e4m3:channel", x, role="weight")
-    finally:
-        tuning.OVERRIDE.pop("fp8_row", None)

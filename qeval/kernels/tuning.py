@@ -1,11 +1,12 @@
 """Launch shapes per kernel and per GPU, from configs/kernels.yaml.
 
-The shapes change speed only, never results. ``OVERRIDE`` lets a benchmark try
-other shapes in-process (benchmarks/tune_kernels.py).
+The shapes change speed only, never results. ``override`` lets a benchmark or a
+test try other shapes in-process (benchmarks/tune_kernels.py, tests/test_kernels.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -15,6 +16,16 @@ from qeval.paths import CONFIGS
 
 FILE = CONFIGS / "kernels.yaml"
 OVERRIDE: dict[str, dict] = {}
+
+
+@contextlib.contextmanager
+def override(key: str, shape: dict):
+    """Inside the block, kernel ``key`` launches with ``shape`` over its configured one."""
+    OVERRIDE[key] = shape
+    try:
+        yield
+    finally:
+        OVERRIDE.pop(key, None)
 
 
 @functools.cache
