@@ -215,6 +215,7 @@ def half_to_f32(h, SRC: tl.constexpr):
 
 D_MIN = tl.constexpr(8.673617379884035e-19)  # 2^-60: d * y, q * d and the residuals stay normal (exact)
 D_MAX = tl.constexpr(1.2676506002282294e30)  # 2^100: 1 / d stays normal
+RCP_448 = tl.constexpr(0.0022321429569274187)  # RN(1 / 448), E4M3's max: FP8 group scales, MXFP8 rceil
 
 
 @triton.jit

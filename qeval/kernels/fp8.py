@@ -15,8 +15,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (abs_bits, all_ok, cast_fp8_bits, cast_fp8_finite, decode_scale, div_fast, div_steps, finite_abs,
-                      fp8_bits_to_f32, max_abs_nan, quotient_ok, recip, tile_ids)
+from ._common import (RCP_448, abs_bits, all_ok, cast_fp8_bits, cast_fp8_finite, decode_scale, div_fast, div_steps,
+                      finite_abs, fp8_bits_to_f32, max_abs_nan, quotient_ok, recip, tile_ids)
 
 
 @triton.jit
@@ -60,7 +60,6 @@ def fp8_tensor_kernel(
 # Group scales amax / FMAX by div_steps: exact (div_rn's bits; tests/test_kernel_fast_paths.py
 # compares every amax) where amax lies in [FMAX 2^-60, FMAX 2^100], where the scale also
 # lies in quotient_ok's range and no quotient overflows; an all-zero group has scale 1.
-RCP_448 = tl.constexpr(0.0022321429569274187)
 RCP_57344 = tl.constexpr(1.743861685099546e-05)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (cast_fp8_bits, cast_fp8_finite, div_steps, e2m1_code_sat, e2m1_mag, e2m1_round_sat,
+from ._common import (RCP_448, cast_fp8_bits, cast_fp8_finite, div_steps, e2m1_code_sat, e2m1_mag, e2m1_round_sat,
                       fp8_bits_to_f32, max_abs_nan, nan_like, pack_nibbles, pair_byte, pair_floats, tile_ids)
 
 G = 32
@@ -20,7 +20,6 @@ G = 32
 # and the smallest rounding to >= 2^-126 (exact rational arithmetic, scripted in the test)
 RCP_6 = tl.constexpr(0.16666667163372040)
 RCEIL_6_Z, RCEIL_6_H, RCEIL_6_N = tl.constexpr(0x3), tl.constexpr(0x1400001), tl.constexpr(0x1C00000)
-RCP_448 = tl.constexpr(0.0022321429569274187)
 RCEIL_448_Z, RCEIL_448_H, RCEIL_448_N = tl.constexpr(0xE0), tl.constexpr(0x4600001), tl.constexpr(0x4E00000)
 
 
