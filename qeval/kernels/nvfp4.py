@@ -32,6 +32,14 @@ def global_ok(s_g):
 
 
 @triton.jit
+def _scale_and_bits(sb8, nonfinite):
+    """The E4M3 block scales ``sb8`` as float32 and as bits: NaN and 0x7F for a NaN/Inf block."""
+    sbf = tl.where(nonfinite, nan_like(sb8.to(tl.float32)), sb8.to(tl.float32))
+    sbits = tl.where(nonfinite, 0x7F, sb8.to(tl.uint8, bitcast=True).to(tl.int32)).to(tl.uint8)
+    return sbf, sbits
+
+
+@triton.jit
 def block_scales(mb, s_g):
     """Per 16-block, from its max |x| bits ``mb``: the scale ``fp32(e4m3(clamp(amax_b / (6 s_g))))``
     (1 for an all-zero block, NaN for one holding NaN/Inf) and its E4M3 bits (0x7F for NaN)."""
@@ -40,10 +48,7 @@ def block_scales(mb, s_g):
     sb = tl.where(sb == 0.0, 1.0, sb)
     sb = tl.where(sb < 0.001953125, 0.001953125, sb)
     sb = tl.where(sb > 448.0, 448.0, sb)
-    sb8 = sb.to(tl.float8e4nv, fp_downcast_rounding="rtne")
-    sbf = tl.where(nonfinite, nan_like(sb), sb8.to(tl.float32))
-    sbits = tl.where(nonfinite, 0x7F, sb8.to(tl.uint8, bitcast=True).to(tl.int32)).to(tl.uint8)
-    return sbf, sbits
+    return _scale_and_bits(sb.to(tl.float8e4nv, fp_downcast_rounding="rtne"), nonfinite)
 
 
 @triton.jit
@@ -56,10 +61,8 @@ def block_scales_fast(mb, s_g):
     bamax = mb.to(tl.float32, bitcast=True)
     zero = (bamax * 3.7778931862957162e22) * 3.7778931862957162e22 <= d6  # amax_b / d6 <= 2^-150 (2^75 x 2^75)
     sb = tl.maximum(tl.minimum(div_steps(bamax, d6, recip(d6)), 448.0), 0.001953125)
-    sb8 = tl.where(zero, 1.0, sb).to(tl.float8e4nv, fp_downcast_rounding="rtne")
-    nonfinite = mb >= 0x7F800000
-    sbf = tl.where(nonfinite, nan_like(sb), sb8.to(tl.float32))
-    sbits = tl.where(nonfinite, 0x7F, sb8.to(tl.uint8, bitcast=True).to(tl.int32)).to(tl.uint8)
+    sbf, sbits = _scale_and_bits(tl.where(zero, 1.0, sb).to(tl.float8e4nv, fp_downcast_rounding="rtne"),
+                                 mb >= 0x7F800000)
     eff = sbf * s_g
     return sbf, sbits, eff, recip(eff)
 
