@@ -1,8 +1,9 @@
 """The kernels' fast paths give the bits of their general code, on the GPU, exhaustively.
 
-``div_fast`` against the correctly rounded division (below), and the FP4 kernels'
-``e2m1_round_sat`` / ``e2m1_code_sat`` of ``div_steps`` against ``e2m1_round`` /
-``e2m1_code`` of ``div_rn``, for every finite float32 numerator.
+``div_fast`` (and NVFP4's ``div_split``) against the correctly rounded division
+(below), and the FP4 kernels' ``e2m1_round_sat`` / ``e2m1_code_sat`` of ``div_steps`` and
+``div_split`` against ``e2m1_round`` / ``e2m1_code`` of ``div_rn``, for every finite
+float32 numerator.
 
 The quantize kernels divide by a per-group scale with ``div_fast`` (a reciprocal
 per group, two FMA correction steps per element) wherever ``quotient_ok`` holds,
@@ -29,11 +30,19 @@ if kernels.available():
     import triton
     import triton.language as tl
 
-    from qeval.kernels._common import (LAUNCH, abs_bits, div_fast, div_steps, e2m1_code, e2m1_code_sat, e2m1_round,
-                                       e2m1_round_sat, quotient_ok, recip)
+    from qeval.kernels._common import (LAUNCH, abs_bits, div_fast, div_split, div_steps, e2m1_code, e2m1_code_sat,
+                                       e2m1_round, e2m1_round_sat, quotient_ok, recip, recip_lo)
 
     @triton.jit
-    def _e2m1_mismatch_kernel(d_ptr, out_ptr, BLOCK: tl.constexpr):
+    def _quotient(x, d, SPLIT: tl.constexpr):
+        """The fast quotient under test: div_steps (FP8, MX), or div_split (NVFP4)."""
+        y = recip(d)
+        if SPLIT:
+            return div_split(x, d, y, recip_lo(d, y))
+        return div_steps(x, d, y)
+
+    @triton.jit
+    def _e2m1_mismatch_kernel(d_ptr, out_ptr, BLOCK: tl.constexpr, SPLIT: tl.constexpr):
         """Program (i, j): divisor j against float32 bit patterns i * BLOCK + t. out[0] += finite x,
         out[1] += grid values that differ (bits), out[2] += codes that differ, out[3] += overflows
         (x / d beyond 2^100, where div_steps leaves Markstein's range)."""
@@ -41,7 +50,7 @@ if kernels.available():
         b = (tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)).to(tl.int32)
         x = b.to(tl.float32, bitcast=True)
         finite = (b & 0x7FFFFFFF) < 0x7F800000
-        q = div_steps(x, d, recip(d))
+        q = _quotient(x, d, SPLIT)
         ref = e2m1_round(tl.math.div_rn(x, d))
         r_bad = finite & (e2m1_round_sat(q, x).to(tl.int32, bitcast=True) != ref.to(tl.int32, bitcast=True))
         c_bad = finite & (e2m1_code_sat(q, x) != e2m1_code(ref))
@@ -79,7 +88,7 @@ if kernels.available():
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mb = (base + i).to(tl.int32)
         s_g = tl.load(sg_ptr)
-        sbf, sbits, eff, y = block_scales_fast(mb, s_g)
+        sbf, sbits, eff, y, _ = block_scales_fast(mb, s_g)
         rbf, rbits = block_scales(mb, s_g)
         reff = rbf * s_g
         o = out_ptr + i.to(tl.int64) * 6
@@ -106,15 +115,19 @@ if kernels.available():
         tl.atomic_add(out_ptr, tl.sum(wrong.to(tl.int64)))
 
     @triton.jit
-    def _mismatch_kernel(d_ptr, out_ptr, X_SHIFT: tl.constexpr, BLOCK: tl.constexpr):
+    def _mismatch_kernel(d_ptr, out_ptr, X_SHIFT: tl.constexpr, BLOCK: tl.constexpr, SPLIT: tl.constexpr):
         """Program (i, j): divisor j against x bit patterns (i * BLOCK + t) << X_SHIFT.
-        out[0] += pairs compared, out[1] += mismatches."""
+        out[0] += pairs compared, out[1] += mismatches. SPLIT: div_split, with x's sign ORed
+        back as div_fast does (its callers take the sign from x)."""
         i = tl.program_id(0)
         d = tl.load(d_ptr + tl.program_id(1))
         xb = (i.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)) << X_SHIFT
         x = xb.to(tl.int32).to(tl.float32, bitcast=True)
         ok = quotient_ok(abs_bits(x), d)
-        a = div_fast(x, d, recip(d)).to(tl.int32, bitcast=True)
+        if SPLIT:
+            a = _quotient(x, d, True).to(tl.int32, bitcast=True) | (x.to(tl.int32, bitcast=True) & -2147483648)
+        else:
+            a = div_fast(x, d, recip(d)).to(tl.int32, bitcast=True)
         b = tl.math.div_rn(x, d).to(tl.int32, bitcast=True)
         big = (b & 0x7FFFFFFF) >= 0x35800000  # |x / d| >= 2^-20
         tiny_ok = ((a & 0x7FFFFFFF) < 0x36000000) & ((a < 0) == (b < 0))  # < 2^-19, same sign
@@ -123,14 +136,14 @@ if kernels.available():
         tl.atomic_add(out_ptr + 1, tl.sum((ok & wrong).to(tl.int64)))
 
 
-def _count(divisors: torch.Tensor, x_bits: int) -> tuple[int, int]:
+def _count(divisors: torch.Tensor, x_bits: int, split: bool = False) -> tuple[int, int]:
     """(pairs compared, mismatches) of every x with the given bit width (its top bits:
     32 = every float32, 16 = every bf16) against each divisor."""
     d = divisors.to(torch.float32).cuda().contiguous()
     out = torch.zeros(2, dtype=torch.int64, device="cuda")
     block = 4096
     grid = (triton.cdiv(1 << x_bits, block), d.numel())
-    _mismatch_kernel[grid](d, out, X_SHIFT=32 - x_bits, BLOCK=block, num_warps=8, **LAUNCH)
+    _mismatch_kernel[grid](d, out, X_SHIFT=32 - x_bits, BLOCK=block, SPLIT=split, num_warps=8, **LAUNCH)
     compared, bad = out.tolist()
     return compared, bad
 
@@ -146,15 +159,17 @@ def _spread_divisors(n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.cat([rand, ones, pow2, torch.tensor([2.0**-60, 2.0**100])])
 
 
-def test_e2m1_fast_helpers_every_float32_numerator():
+@pytest.mark.parametrize("split", [False, True], ids=["div_steps", "div_split"])
+def test_e2m1_fast_helpers_every_float32_numerator(split):
     """All 2^32 float32 patterns as x, against divisors over the FP4 kernels' range [2^-60, 2^100]
     (1 and powers of two among them: MX's exact scaling): the grid value and the code from
-    ``div_steps`` equal those of the correctly rounded quotient, overflowing quotients included."""
+    ``div_steps`` / ``div_split`` equal those of the correctly rounded quotient, overflowing
+    quotients included."""
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     d = torch.cat([_spread_divisors(4, gen), torch.tensor([1.0, 0.25, 2.0**-40])]).cuda()
     out = torch.zeros(4, dtype=torch.int64, device="cuda")
     block = 8192
-    _e2m1_mismatch_kernel[(2**32 // block, d.numel())](d, out, BLOCK=block, num_warps=8, **LAUNCH)
+    _e2m1_mismatch_kernel[(2**32 // block, d.numel())](d, out, BLOCK=block, SPLIT=split, num_warps=8, **LAUNCH)
     finite, r_bad, c_bad, over = out.tolist()
     assert finite == d.numel() * (2**32 - 2**24), finite  # every pattern but Inf / NaN
     assert r_bad == 0 and c_bad == 0, f"{r_bad} values, {c_bad} codes of {finite} differ (divisors {d.tolist()})"
@@ -226,19 +241,22 @@ def test_nvfp4_block_scales_every_float32_amax():
         assert bad.item() == 0, f"{bad.item()} block amaxes give other scales under global scale {g.item()}"
 
 
-def test_div_fast_every_float32_numerator():
+@pytest.mark.parametrize("split", [False, True], ids=["div_fast", "div_split"])
+def test_div_fast_every_float32_numerator(split):
     """All 2^32 float32 patterns as x, against 3 x 12 + 2 divisors: no mismatch."""
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     d = _spread_divisors(12, gen)
-    compared, bad = _count(d, 32)
+    compared, bad = _count(d, 32, split)
     assert bad == 0, f"{bad} of {compared} quotients differ from div_rn (divisors {d.tolist()})"
     assert compared > 0.3 * d.numel() * 2**32, compared  # most finite pairs are compared
 
 
-@pytest.mark.parametrize("vmax", [448.0, 57344.0, 6.0], ids=["e4m3", "e5m2", "e2m1"])
-def test_div_fast_kernel_divisors_of_every_bf16_amax(vmax):
+@pytest.mark.parametrize("vmax,split", [(448.0, False), (57344.0, False), (6.0, False), (6.0, True)],
+                         ids=["e4m3", "e5m2", "e2m1", "e2m1-div_split"])
+def test_div_fast_kernel_divisors_of_every_bf16_amax(vmax, split):
     """The FP8 kernels' divisor amax / vmax for every positive finite bf16 amax (and, for
-    E2M1, NVFP4's e4m3(block scale) x global scale), against every bf16 x: no mismatch."""
+    E2M1, NVFP4's e4m3(block scale) x global scale, by div_split as well), against every
+    bf16 x: no mismatch."""
     amax = (torch.arange(1, 0x7F80, dtype=torch.int32) << 16).view(torch.float32)
     if vmax == 6.0:
         gen = torch.Generator().manual_seed(torch.seed() % 2**31)
@@ -248,6 +266,6 @@ def test_div_fast_kernel_divisors_of_every_bf16_amax(vmax):
     else:
         d = amax / vmax
     d = d[d > 0]
-    compared, bad = _count(d, 16)
+    compared, bad = _count(d, 16, split)
     assert bad == 0, f"{bad} of {compared} quotients differ from div_rn"
     assert compared > 0.2 * d.numel() * 2**16, compared

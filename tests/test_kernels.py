@@ -320,13 +320,15 @@ def test_scale_that_underflows_to_zero(spec):
 @gpu
 @needs_kernels
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32), ids=str)
-@pytest.mark.parametrize("shape", [dict(tile=t, max_bk=b, warps=w, order=o) for t, b, w, o in (
-    (4096, 512, 4, "m"), (2048, 512, 2, "k"), (8192, 1024, 4, "k"), (8192, 512, 2, "m"), (2048, 256, 1, "m"),
-    (16384, 1024, 8, "m"))], ids=lambda c: "{tile}-{max_bk}-{warps}{order}".format(**c))
+@pytest.mark.parametrize("shape", [dict(tile=t, max_bk=b, warps=w, order=o, iters=i) for t, b, w, o, i in (
+    (4096, 512, 4, "m", 1), (2048, 512, 2, "k", 1), (8192, 1024, 4, "k", 1), (8192, 512, 2, "m", 1),
+    (2048, 256, 1, "m", 1), (16384, 1024, 8, "m", 1), (2048, 512, 2, "k", 4), (1024, 256, 1, "m", 3),
+    (4096, 512, 4, "k", 16))], ids=lambda c: "{tile}-{max_bk}-{warps}{order}-x{iters}".format(**c))
 def test_packed_fp4_gives_the_reference_bits_under_any_launch_shape(shape, dtype):
     """Launch shapes change speed, never bits: the packed-FP4 pair kernels under tuning candidates
     (some asking for 64-128 elements per thread, where the NVFP4 kernel gave wrong codes before
-    launch.PAIRS_NVFP4_MAX_PER_THREAD) on a tensor with masked edges, NaN, Inf and a zero block."""
+    launch.PAIRS_NVFP4_MAX_PER_THREAD; programs sweeping 3 to 16 column tiles, past the last
+    one) on a tensor with masked edges, NaN, Inf and a zero block."""
     from qeval.kernels import tuning
 
     gen = torch.Generator().manual_seed(31)

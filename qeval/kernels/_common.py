@@ -185,9 +185,10 @@ def pair_floats(v, SRC: tl.constexpr, PAIR: tl.constexpr):
 @triton.jit
 def pair_byte(mag_a, mag_b, v, a, b, keep, PAIR: tl.constexpr):
     """The packed FP4 byte of the element pair v = (a, b) (a in the low nibble) from their
-    magnitude codes: signs from the sign bits (of 16-bit elements: bits 15 and 31 of v, moved
-    to bits 3 and 7 by one multiply-high, 2^20 + 2^8 shifting them by 20 and 8; the uint8
-    store drops the stray bit 19), all masked by ``keep`` (0 for a NaN/Inf block, else 0xFF)."""
+    ``e2m1_mag`` codes: signs from the sign bits (of 16-bit elements: bits 15 and 31 of v, moved
+    to bits 3 and 7 by one multiply-high, 2^20 + 2^8 shifting them by 20 and 8, and a stray
+    bit 19), all masked by ``keep`` (0 for a NaN/Inf block, else 0xFF), which also drops the
+    bits above the byte (one LOP3 with the OR)."""
     mag = mag_a + (mag_b << 4)
     if PAIR == 16:
         sign = tl.umulhi(v.to(tl.uint32, bitcast=True) & 0x80008000, 0x00100100).to(tl.int32, bitcast=True)
@@ -264,6 +265,23 @@ def div_steps(x, d, y):
 
 
 @triton.jit
+def recip_lo(d, y):
+    """RN(1 / d - y) for y = ``recip(d)``, once per scale group: y + recip_lo is 1 / d to about
+    2^-47 (the residual 1 - d y is exact by FMA), for ``div_split``."""
+    return tl.math.fma(-d, y, 1.0) * y
+
+
+@triton.jit
+def div_split(x, d, y, ylo):
+    """``div_steps`` in four operations instead of five, with the same range and overflow
+    behaviour: q = x y + x ylo (ylo = ``recip_lo(d, y)``) misses x / d by less than one ulp
+    (one rounding of a ~2^-46-accurate value), so a single correction step rounds it
+    correctly (Markstein's theorem: y = RN(1 / d), q faithful, r = x - q d exact by FMA)."""
+    q = tl.math.fma(x, y, x * ylo)
+    return tl.math.fma(tl.math.fma(q, -d, x), y, q)
+
+
+@triton.jit
 def or_sign(r, x):
     """r (sign bit clear) with the sign of x, as one LOP3 (the compiler splits the AND and the OR
     otherwise, hoisting the AND and holding its result in a register)."""
@@ -279,13 +297,19 @@ def max_abs_nan(a, b):
 
 
 @triton.jit
+def _e2m1_clamp(q):
+    """(|q| clamped to 6, the exponent bits of max(that, 1)): NaN, from an overflowed quotient,
+    clamps to 6 (min.f32 returns the number)."""
+    m = tl.minimum(tl.abs(q), 6.0)
+    return m, tl.maximum(m.to(tl.int32, bitcast=True) & 0x7F800000, 0x3F800000)
+
+
+@triton.jit
 def _e2m1_sum(q):
     """(|q| clamped to 6 plus a magic power of two, the magic's exponent bits) for RNE onto the
     E2M1 grid: the magic's last mantissa bit is the grid's spacing in |q|'s binade (0.5 below
-    2, 1 below 4, 2 above). NaN, from an overflowed quotient, clamps to 6 (min.f32 returns
-    the number)."""
-    m = tl.minimum(tl.abs(q), 6.0)
-    e = tl.maximum(m.to(tl.int32, bitcast=True) & 0x7F800000, 0x3F800000)
+    2, 1 below 4, 2 above)."""
+    m, e = _e2m1_clamp(q)
     return m + e.to(tl.float32, bitcast=True) * 4194304.0, e
 
 
@@ -299,18 +323,21 @@ def e2m1_round_sat(q, x):
 
 @triton.jit
 def e2m1_code_sat(q, x):
-    """``e2m1_code(e2m1_round(x / d))`` from ``q = div_steps(x, d, 1 / d)``, as ``e2m1_round_sat``.
-    The sum's bits are magic + k (k grid steps); the code is k plus 2 per binade above [1, 2)."""
-    return e2m1_mag(q) | ((x.to(tl.int32, bitcast=True) >> 28) & 8)
+    """``e2m1_code(e2m1_round(x / d))`` (0-15) from ``q = div_steps(x, d, 1 / d)``, as
+    ``e2m1_round_sat``: ``e2m1_mag`` and x's sign bit as bit 3."""
+    return (e2m1_mag(q) & 7) | ((x.to(tl.uint32, bitcast=True) >> 28).to(tl.int32) & 8)
 
 
 @triton.jit
 def e2m1_mag(q):
-    """The magnitude part (0-7) of ``e2m1_code_sat``. The sum's bits are magic + k (k grid
-    steps of the magic's binade); the code is k plus 2 per binade above [1, 2)."""
-    s, e = _e2m1_sum(q)
-    # magic = e + (22 << 23) as bits; 2 per binade = (e >> 22) - 254
-    return (s.to(tl.int32, bitcast=True) - e - (0x0B000000 + 254)) + (e >> 22)
+    """The magnitude part (0-7) of ``e2m1_code_sat`` as the low byte of the result (bits from 9 up
+    hold an exponent; a caller keeps the low byte). |q| (clamped) plus 2^E (2^22 + 107), E the
+    binade (0 below 2), in one FMA (the product is exact): the sum's bits are (149 + E) << 23
+    | (214 + k), k grid steps of 2^(E - 1) rounded to even (214 is even), and the code is
+    k + 2 E: s + (s >> 22) = k + 2 E + 512 up to multiples of 2^23, one LEA.HI."""
+    m, e = _e2m1_clamp(q)
+    s = tl.math.fma(e.to(tl.float32, bitcast=True), 4194411.0, m).to(tl.int32, bitcast=True)
+    return s + (s >> 22)
 
 
 @triton.jit

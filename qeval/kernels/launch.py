@@ -91,10 +91,11 @@ def _pairs_launch(kernel, x2, xp, q, s, kp, group, extra_args, flags):
     m, kh = xp.shape
     cfg = tuning.config("fp4_pairs", x2.device)
     bm, bh = _pairs_tile(kp, group, cfg)
-    grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp // 2, bh), cfg)
+    iters = min(cfg.get("iters", 1), triton.cdiv(kp // 2, bh))  # column tiles per program
+    grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp // 2, bh * iters), cfg)
     pair = 32 if x2.dtype == torch.float32 else 16
-    kernel[grid](xp, q, s, *extra_args, m, kh, kp, xp.stride(0), q.stride(0), s.stride(0),
-                 SRC=_SRC[x2.dtype], PAIR=pair, BM=bm, BH=bh, KFAST=kfast, num_warps=cfg["warps"], **flags, **LAUNCH)
+    kernel[grid](xp, q, s, *extra_args, m, kh, kp, xp.stride(0), q.stride(0), s.stride(0), SRC=_SRC[x2.dtype],
+                 PAIR=pair, BM=bm, BH=bh, KFAST=kfast, ITERS=iters, num_warps=cfg["warps"], **flags, **LAUNCH)
 
 
 def global_amax(x: torch.Tensor) -> torch.Tensor:

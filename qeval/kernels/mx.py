@@ -108,26 +108,28 @@ def mx_kernel(
 def mxfp4_quant_pairs_kernel(
     xp_ptr, q_ptr, s_ptr, M, KH, KP, sxm, sqm, ssm,
     RCEIL: tl.constexpr, SRC: tl.constexpr, PAIR: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
-    KFAST: tl.constexpr,
+    KFAST: tl.constexpr, ITERS: tl.constexpr,
 ):
-    """Packed MXFP4 quantize of an even-K tensor read as element pairs (see
-    ``nvfp4_quant_pairs_kernel``); the same numbers as ``mx_kernel``."""
+    """Packed MXFP4 quantize of an even-K tensor read as element pairs, ITERS column tiles
+    per program (see ``nvfp4_quant_pairs_kernel``); the same numbers as ``mx_kernel``."""
     NB: tl.constexpr = BH // 16
     pid_m, pid_k = tile_ids(KFAST)
     rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
-    rh = pid_k * BH + tl.arange(0, BH)
     row_ok = rm[:, None] < M
-    v = tl.reshape(tl.load(xp_ptr + rm[:, None] * sxm + rh[None, :], mask=row_ok & (rh[None, :] < KH), other=0),
-                   (BM, NB, 16))
-    xe, xo = pair_floats(v, SRC, PAIR)
-    mb = tl.reduce(max_abs_nan(xe, xo), 2, max_abs_nan).to(tl.int32, bitcast=True)
-    nonfinite = mb >= 0x7F800000
-    e = mx_exponent(mb, 2, 6.0, RCEIL)
-    inv = tl.where(e == 127, 0x00400000, (127 - e) << 23).to(tl.float32, bitcast=True)[:, :, None]
-    keep = tl.where(nonfinite, 0, 0xFF)[:, :, None]  # NaN/Inf block: codes 0, as NaN x 2^-e gives
-    pair = pair_byte(e2m1_mag(xe * inv), e2m1_mag(xo * inv), v, xe, xo, keep, PAIR)
-    packed = tl.reshape(pair, (BM, BH)).to(tl.uint8)
-    tl.store(q_ptr + rm[:, None] * sqm + rh[None, :], packed, mask=row_ok & (rh[None, :] < KP // 2))
-    sbits = tl.where(nonfinite, 255, e + 127).to(tl.uint8)
-    rs = pid_k * NB + tl.arange(0, NB)
-    tl.store(s_ptr + rm[:, None] * ssm + rs[None, :], sbits, mask=row_ok & (rs[None, :] < KP // 32))
+    for it in range(ITERS):
+        kt = pid_k * ITERS + it
+        rh = kt * BH + tl.arange(0, BH)
+        v = tl.reshape(tl.load(xp_ptr + rm[:, None] * sxm + rh[None, :], mask=row_ok & (rh[None, :] < KH), other=0),
+                       (BM, NB, 16))
+        xe, xo = pair_floats(v, SRC, PAIR)
+        mb = tl.reduce(max_abs_nan(xe, xo), 2, max_abs_nan).to(tl.int32, bitcast=True)
+        nonfinite = mb >= 0x7F800000
+        e = mx_exponent(mb, 2, 6.0, RCEIL)
+        inv = tl.where(e == 127, 0x00400000, (127 - e) << 23).to(tl.float32, bitcast=True)[:, :, None]
+        keep = tl.where(nonfinite, 0, 0xFF)[:, :, None]  # NaN/Inf block: codes 0, as NaN x 2^-e gives
+        pair = pair_byte(e2m1_mag(xe * inv), e2m1_mag(xo * inv), v, xe, xo, keep, PAIR)
+        packed = tl.reshape(pair, (BM, BH)).to(tl.uint8)
+        tl.store(q_ptr + rm[:, None] * sqm + rh[None, :], packed, mask=row_ok & (rh[None, :] < KP // 2))
+        sbits = tl.where(nonfinite, 255, e + 127).to(tl.uint8)
+        rs = kt * NB + tl.arange(0, NB)
+        tl.store(s_ptr + rm[:, None] * ssm + rs[None, :], sbits, mask=row_ok & (rs[None, :] < KP // 32))
