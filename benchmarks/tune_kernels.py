@@ -8,8 +8,10 @@ For each kernel key of configs/kernels.yaml, every candidate shape runs the
 kernel's benchmark operations on one 1 GiB bf16 tensor (16384 x 32768, the
 tensor of bench_gpu.py; FP8 per-token also at 65536 x 8192); the shape with the
 smallest summed median time (``triton.testing.do_bench``) wins. ``--write``
-stores the winners under ``devices: <this GPU's name>``. Shapes change speed
-only: the results of every shape are the same bits (tests/test_kernels.py).
+stores the winners under ``devices: <this GPU's name>``. Shapes must change speed
+only: a candidate whose outputs differ in any bit from the current shape's, on
+that tensor or on a small one with masked edges, NaN, Inf and a zero block, is
+reported and never chosen (tests/test_kernels.py compares shapes with the reference).
 """
 
 from __future__ import annotations
@@ -28,14 +30,17 @@ TILES = [dict(tile=t, max_bk=b, warps=w) for t, b, w in ((4096, 512, 4), (8192, 
 CANDIDATES = {
     "nvfp4": TILES, "mx": TILES, "fp4_dequant": TILES, "fp8_block": TILES,
     # NVFP4's pair kernel holds at most 32 elements per thread (launch.PAIRS_NVFP4_MAX_PER_THREAD)
-    "fp4_pairs": TILES + [dict(tile=2048, max_bk=512, warps=2), dict(tile=4096, max_bk=1024, warps=4)],
+    "fp4_pairs": [dict(c, iters=1) for c in TILES] + [dict(tile=t, max_bk=b, warps=w, iters=i) for t, b, w, i in (
+        (2048, 512, 2, 1), (4096, 1024, 4, 1), (2048, 512, 2, 2), (2048, 512, 2, 4), (2048, 512, 2, 8),
+        (2048, 512, 2, 16), (4096, 512, 4, 4), (4096, 1024, 4, 4), (2048, 256, 2, 4), (1024, 512, 1, 8))],
     "mx_quant": TILES + [dict(tile=8192, max_bk=256, warps=4), dict(tile=16384, max_bk=512, warps=8)],
     "fp8_tensor": [dict(tile=t, warps=w) for t, w in ((4096, 4), (8192, 8), (16384, 8))],
     "fp8_tile2d": [dict(warps=w, chunk=c) for w, c in ((4, 32), (4, 16), (8, 32), (8, 64))],
     "fp8_row": [dict(max_single=16384), dict(max_single=32768, max_warps=32, per_thread=32),
                 dict(max_single=8192, sweep_bk=8192, sweep_warps=16), dict(max_single=8192, sweep_bk=4096, sweep_warps=8),
                 dict(max_single=16384, sweep_bk=2048, sweep_warps=4), dict(max_single=16384, sweep_bk=8192, sweep_warps=8),
-                dict(max_single=8192, sweep_bk=16384, sweep_warps=16), dict(max_single=8192, sweep_bk=16384, sweep_warps=8)],
+                dict(max_single=8192, sweep_bk=16384, sweep_warps=16), dict(max_single=8192, sweep_bk=16384, sweep_warps=8),
+                dict(max_single=8192, sweep_bk=32768, sweep_warps=16), dict(max_single=8192, sweep_bk=8192, sweep_warps=4)],
     "amax": [dict(block=b, iters=i, warps=w) for b, i, w in ((4096, 8, 8), (16384, 2, 16))],
 }
 # Keys whose grid may run along the columns first ("order": "k"); --orders tries just that.
@@ -43,9 +48,10 @@ ORDERED = ("nvfp4", "mx", "mx_quant", "fp4_pairs", "fp4_dequant", "fp8_block", "
 
 
 def operations(x: torch.Tensor) -> dict:
-    """Kernel key -> the calls that time it (those of bench_gpu.py that use the key)."""
+    """Kernel key -> the calls that time it (those of bench_gpu.py that use the key), each
+    returning its output."""
     a = kernels.global_amax(x)
-    act = x.view(65536, 8192)
+    act = x.view(65536, 8192) if x.numel() == 65536 * 8192 else x
     fq = kernels.fake_quant
     q = kernels.quantize
 
@@ -53,7 +59,7 @@ def operations(x: torch.Tensor) -> dict:
         def run():
             launch.PAIRS = False
             try:
-                fn()
+                return fn()
             finally:
                 launch.PAIRS = True
         return run
@@ -76,6 +82,32 @@ def operations(x: torch.Tensor) -> dict:
     }
 
 
+def odd_tensors() -> list[torch.Tensor]:
+    """Masked edges in both dims, a NaN, an Inf and an all-zero block, in short and in long
+    rows (FP8 per-row sweeps those): where a launch shape right on the aligned tensor can
+    still go wrong."""
+    g = torch.Generator().manual_seed(31)
+    out = []
+    for shape in ((333, 4112), (77, 32832)):
+        x = torch.randn(shape, generator=g) * 30
+        x[5, 17], x[70, 4000], x[7, :32] = float("nan"), float("inf"), 0.0
+        out.append(x.to("cuda", torch.bfloat16))
+    return out
+
+
+def bits(out) -> list[torch.Tensor]:
+    """Every bit of an operation's output (tensor, tuple, or QTensor with its scales)."""
+    if isinstance(out, (tuple, list)):
+        return [b for o in out for b in bits(o)]
+    if isinstance(out, torch.Tensor):
+        return [out.detach().contiguous().view(torch.uint8).clone()]
+    return bits([t for t in (out.data, out.scale, out.global_scale) if t is not None])
+
+
+def outputs(key: str, op_sets: list[dict]) -> list[torch.Tensor]:
+    return [b for ops in op_sets for fn in ops[key] for b in bits(fn())]
+
+
 class _NoAliases(yaml.SafeDumper):
     """Writes a shape shared by two keys twice, not as a YAML anchor and alias."""
 
@@ -89,19 +121,27 @@ def tune(keys=None, rep=60, orders=False) -> dict:
     torch.manual_seed(0)
     x = torch.randn(16384, 32768, device="cuda", dtype=torch.bfloat16)
     ops = operations(x)
+    op_sets = [ops] + [operations(t) for t in odd_tensors()]
     best = {}
     for key in keys or (ORDERED if orders else CANDIDATES):
         times = []
         current = tuning.config(key, x.device)
+        want = outputs(key, op_sets)
         for cand in ([{**current, "order": o} for o in ("m", "k")] if orders else CANDIDATES[key]):
             try:
                 with tuning.override(key, cand):
-                    t = sum(triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode="median") for fn in ops[key])
+                    ts = [triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode="median") for fn in ops[key]]
+                    same = all(torch.equal(g, w) for g, w in zip(outputs(key, op_sets), want, strict=True))
             except Exception as e:  # a shape that does not compile or fit is skipped, not fatal
                 print(f"{key} {cand}: {type(e).__name__}: {str(e)[:120]}", flush=True)
                 continue
-            times.append((t, cand))
-            print(f"{key:12s} {json.dumps(cand):60s} {t:.4f} ms", flush=True)
+            print(f"{key:12s} {json.dumps(cand):75s} {sum(ts):.4f} ms ({' + '.join(f'{t:.4f}' for t in ts)})"
+                  + ("" if same else "  DIFFERENT BITS from the current shape: not chosen"), flush=True)
+            if same:
+                times.append((sum(ts), cand))
+        if not times:
+            print(f"-> {key}: no candidate ran with the current shape's bits; left as it is", flush=True)
+            continue
         t, cand = min(times, key=lambda tc: tc[0])
         base = times[0][0]
         print(f"-> {key}: {json.dumps(cand)} {t:.4f} ms ({base / t:.2f}x the first candidate)", flush=True)
