@@ -153,16 +153,10 @@ def e2m1_value(code):
 
 
 @triton.jit
-def load_pairs(x_ptr, offs, mask, PAIR: tl.constexpr):
-    """Load element pairs (2j, 2j+1) through an integer view of x: x_ptr points at int32
-    (PAIR == 16, two bf16/fp16) or int64 (PAIR == 32, two float32); returns the two
-    halves as int32 bit patterns of the low (even) and high (odd) element."""
-    return split_pairs(tl.load(x_ptr + offs, mask=mask, other=0), PAIR)
-
-
-@triton.jit
 def split_pairs(v, PAIR: tl.constexpr):
-    """``load_pairs``' halves of loaded pair integers v."""
+    """The halves of element pairs (2j, 2j+1) loaded through an integer view of x (int32:
+    PAIR == 16, two bf16/fp16; int64: PAIR == 32, two float32), as int32 bit patterns of the
+    low (even) and high (odd) element."""
     if PAIR == 32:
         lo = (v & 0xFFFFFFFF).to(tl.int32)
         hi = (v >> 32).to(tl.int32)
@@ -174,8 +168,8 @@ def split_pairs(v, PAIR: tl.constexpr):
 
 @triton.jit
 def pair_floats(v, SRC: tl.constexpr, PAIR: tl.constexpr):
-    """The two elements (low, high) of pair integers v loaded through ``load_pairs``' view,
-    as float32; a bf16 pair costs a shift and a mask."""
+    """The two elements (low, high) of pair integers v (see ``split_pairs``) as float32; a
+    bf16 pair costs a shift and a mask."""
     if SRC == 1:
         return (v << 16).to(tl.float32, bitcast=True), (v & -65536).to(tl.float32, bitcast=True)
     lo, hi = split_pairs(v, PAIR)
