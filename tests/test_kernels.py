@@ -292,7 +292,8 @@ def test_launch_shapes_cover_every_kernel():
     default = tuning.table()["default"]
     assert keys and keys <= set(default), keys - set(default)
     need = {"fp8_row": {"tile", "warps", "max_single", "max_warps", "per_thread"}, "amax": {"block", "iters", "warps"},
-            "fp8_tile2d": {"warps", "chunk"}, "fp8_tensor": {"tile", "warps"}}
+            "fp8_tile2d": {"warps", "chunk"}, "fp8_tensor": {"tile", "warps"},
+            "fp4_pairs": {"tile", "max_bk", "warps", "iters"}}
     for key in keys:
         fields = need.get(key, {"tile", "max_bk", "warps"})
         assert fields <= set(default[key]), (key, default[key])

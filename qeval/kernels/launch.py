@@ -91,7 +91,7 @@ def _pairs_launch(kernel, x2, xp, q, s, kp, group, extra_args, flags):
     m, kh = xp.shape
     cfg = tuning.config("fp4_pairs", x2.device)
     bm, bh = _pairs_tile(kp, group, cfg)
-    iters = min(cfg.get("iters", 1), triton.cdiv(kp // 2, bh))  # column tiles per program
+    iters = min(cfg["iters"], triton.cdiv(kp // 2, bh))  # column tiles per program
     grid, kfast = _grid2(triton.cdiv(m, bm), triton.cdiv(kp // 2, bh * iters), cfg)
     pair = 32 if x2.dtype == torch.float32 else 16
     kernel[grid](xp, q, s, *extra_args, m, kh, kp, xp.stride(0), q.stride(0), s.stride(0), SRC=_SRC[x2.dtype],
