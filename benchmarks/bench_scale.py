@@ -6,7 +6,8 @@ A Llama-3.1 model of the shape in ``configs/models/llama-3.1-<size>`` with
 random bf16 weights made on the GPU (no download), a word-level tokenizer of
 the model's 128,256-token vocabulary, random words as text, windows of 2,048,
 policies fp8-dynamic and nvfp4 (emulated), through the real ``run_recipe``
-(only the model loader is replaced by the in-memory model). Printed per pass:
+(only the model loader is replaced by the in-memory model; each window's forward is
+replayed from a CUDA graph where safe, as in any run). Printed per pass:
 qeval's time and its ratio to a plain Hugging Face forward + log_softmax over
 the same windows (timed first, same process), quantize / dequantize seconds,
 allocator peak, and the run directory's peak bytes (polled every 50 ms).
@@ -136,7 +137,8 @@ class DirPeak(threading.Thread):
             self.peak = max(self.peak, total)
 
 
-def run_qeval(model, tok, text_path: Path, work: Path, tokens: int, window: int, store: str) -> tuple[dict, int]:
+def run_qeval(model, tok, text_path: Path, work: Path, tokens: int, window: int, store: str,
+              graph: bool = True) -> tuple[dict, int]:
     import qeval.models
     from qeval.pipeline.runner import RunOptions, run_recipe
 
@@ -146,18 +148,18 @@ def run_qeval(model, tok, text_path: Path, work: Path, tokens: int, window: int,
         "eval_data": {"source": "file", "path": str(text_path), "max_tokens": tokens},
         "calibration": {"source": "file", "path": str(text_path), "n_batches": 2, "seq_len": 256},
         "policies": ["fp8-dynamic", "nvfp4"], "mode": "emulate",
-        "metrics": {"perplexity": {"window": window, "stride": window}, "baseline_store": store},
+        "metrics": {"perplexity": {"window": window, "stride": window}, "baseline_store": store, "cuda_graph": graph},
     }
     import yaml
 
-    rpath = work / f"scale-{store}.yaml"
+    rpath = work / f"scale-{store}-{graph}.yaml"
     rpath.write_text(yaml.safe_dump(recipe))
     import qeval.pipeline.preflight
 
     qeval.models.resolve = lambda spec: qeval.models.Source(None, f"random-{work.name}", None)  # in memory only
     qeval.models.load_model = lambda spec: (model, tok)
     qeval.pipeline.preflight.check = lambda *a, **k: []  # it reads the model's files; this model has none
-    results_dir = work / f"results-{store}"
+    results_dir = work / f"results-{store}-{graph}"
     results_dir.mkdir(exist_ok=True)
     poll = DirPeak(results_dir)
     poll.start()
@@ -203,6 +205,14 @@ def gib(n) -> str:
     return "-" if n is None else f"{n / 2**30:.2f}"
 
 
+def _graph_note(note: dict | None) -> str:
+    if not note:
+        return "-"
+    if note["cuda_graph"]:
+        return f"{note['replayed_windows']} replayed, {note['eager_windows']} eager"
+    return f"no: {note['reason']}"
+
+
 def report(size: str, note: str, tokens: int, plain: float, res: dict, peak_dir: int, store: str) -> list[dict]:
     rows = [{"model": size, "store": store, "pass": "plain HF forward + log_softmax", "s": f"{plain:.2f}", "x plain": "1.00"}]
     entries = [("baseline", res["baseline"])] + [(p["name"], p) for p in res["policies"]]
@@ -217,6 +227,7 @@ def report(size: str, note: str, tokens: int, plain: float, res: dict, peak_dir:
             "KL store": "{path} {dtype}".format(**e["kl_store"]) if e.get("kl_store") else "-",
             "KL": f"{e['metrics'].get('kl_mean'):.4g}" if e["metrics"].get("kl_mean") is not None else "-",
             "non-finite": e["metrics"].get("nonfinite_logits", "-"),
+            "CUDA graph": _graph_note(e.get("forward")),
         })
     rows[0]["run dir peak GiB"] = f"{peak_dir / 2**30:.3f}"
     vocab = res["baseline"]["kl_store"]["bytes_needed"] if res["baseline"].get("kl_store") else 0
@@ -238,6 +249,7 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=16384)
     p.add_argument("--window", type=int, default=2048)
     p.add_argument("--stores", default="auto", help="baseline stores to run: auto, device, disk (comma-separated)")
+    p.add_argument("--graphs", default="on", help="CUDA graph replay of the passes: on, off, or on,off to compare")
     p.add_argument("--weight-share", type=float, default=0.42, help="share of GPU memory for the bf16 weights")
     p.add_argument("--out", default="bench_scale.json")
     p.add_argument("--tiny", action="store_true", help="tiny dimensions on the CPU: a smoke test of the script")
@@ -277,15 +289,17 @@ def main(argv=None) -> int:
             cold = first_quantize(model, tok, text_path, args.window)
             print(f"{size}: first quantize + dequantize in this process (Triton JIT included): {cold}", flush=True)
             for store in args.stores.split(","):
-                torch.cuda.empty_cache()
-                res, peak_dir = run_qeval(model, tok, text_path, work, args.tokens, args.window, store)
-                rows += report(size, note, args.tokens, plain, res, peak_dir, store)
+                for graph in args.graphs.split(","):
+                    torch.cuda.empty_cache()
+                    res, peak_dir = run_qeval(model, tok, text_path, work, args.tokens, args.window, store,
+                                              graph == "on")
+                    rows += report(size, note, args.tokens, plain, res, peak_dir, store)
                 with open(args.out, "w") as f:
                     json.dump({"head": head, "rows": rows}, f, indent=1)
             del model
             torch.cuda.empty_cache()
     cols = ["model", "store", "pass", "s", "x plain", "quantize s", "dequantize s", "GPU peak GiB", "host peak GiB",
-            "KL store", "KL", "non-finite", "run dir peak GiB"]
+            "KL store", "KL", "non-finite", "CUDA graph", "run dir peak GiB"]
     print("\n" + head + "\n" + table(rows, cols))
     return 0
 

@@ -177,6 +177,11 @@ def test_results_record_the_store_and_the_peaks(tmp_path):
         assert entry["kl_store"]["bytes_needed"] == spill_bytes(299, vocab, "float32")
         mem = entry["memory"]
         assert mem["gpu_peak_bytes"] is None and mem["host_peak_bytes"] > 10 << 20
+        # how the forward ran: eagerly on a CPU, every window, and why
+        windows = len(entry["metrics"]["windows"]["tokens"])
+        forward = dict(entry["forward"])
+        assert forward.pop("reason") in ("no CUDA device", "the model is not on one CUDA device (cpu)")
+        assert forward == {"cuda_graph": False, "replayed_windows": 0, "eager_windows": windows, "record_s": 0.0}
     assert "dequantize_s" in res["policies"][0]["timings"]
 
 

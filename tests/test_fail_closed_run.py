@@ -168,8 +168,8 @@ def test_nonfinite_logits_are_counted_and_fail_the_gate(ws, tmp_path, monkeypatc
     real = perplexity.window_logits
     state = {"poison": False}
 
-    def logits(model, ids, w, device=None):
-        out = real(model, ids, w, device)
+    def logits(model, ids, w, device=None, forward=None):
+        out = real(model, ids, w, device, forward)
         if state["poison"]:
             out[:, 0] = math.nan  # every position of the policy's pass
         return out

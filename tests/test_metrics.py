@@ -165,6 +165,7 @@ def test_sharded_windows_sum_to_the_single_process_numbers(tmp_path):
         stats += local_pass(quant, ids, windows, spill, baseline=False, shard=shard, progress=False)
     merged = summarize(gather_stats(stats, Shard()), with_kl=True, replicates=1000)
     assert single["windows"].pop("key") and single["ci"].pop("stopped_by") == "max_tokens"  # added by lm_pass
+    assert single.pop("forward")["eager_windows"] == len(windows)
     assert merged == single  # exactly (intervals and p99 bootstrap too): per-window sums added in window order
 
 

@@ -146,6 +146,8 @@ def _without_clock(results: dict) -> str:
         e = {k: v for k, v in e.items() if k not in ("timings", "memory")}
         if "kl_store" in e:
             e["kl_store"] = {k: v for k, v in e["kl_store"].items() if k not in ("bytes_free", "where")}
+        if e.get("forward"):
+            e["forward"] = {k: v for k, v in e["forward"].items() if k != "record_s"}
         return e
 
     out = {k: v for k, v in results.items() if k not in ("environment", "run_id")}

@@ -70,12 +70,14 @@ def _accepts_logits_to_keep(model) -> bool:
 
 
 @torch.no_grad()
-def window_logits(model, token_ids: torch.Tensor, w: Window, device=None) -> torch.Tensor:
+def window_logits(model, token_ids: torch.Tensor, w: Window, device=None, forward=None) -> torch.Tensor:
     """Float32 logits ``[w.n_targets, vocab]`` that predict tokens ``first_target .. stop_target-1``.
 
     Row ``i`` predicts token ``first_target + i``. Only the rows from the first
     needed one to the end are kept (``logits_to_keep`` where the model supports
     it), which bounds memory for large vocabularies when windows overlap.
+    ``forward``: a ``GraphedForward`` of ``model`` (``qeval.evaluate.graphs``);
+    the tensor returned is the caller's own either way.
     """
     ids = token_ids[w.begin : w.end].unsqueeze(0)
     if device is not None:
@@ -84,8 +86,10 @@ def window_logits(model, token_ids: torch.Tensor, w: Window, device=None) -> tor
     keep = w.end - w.first_target + 1  # rows first_target-1-begin .. end-1-begin
     if _accepts_logits_to_keep(model):
         kwargs["logits_to_keep"] = keep
-    logits = model(input_ids=ids, **kwargs).logits[0]
+    logits = (model(input_ids=ids, **kwargs).logits if forward is None else forward(ids, **kwargs))[0]
     logits = logits[-keep:][: w.n_targets]
+    if forward is not None and logits.dtype == torch.float32:
+        return logits.clone()  # a replay's logits are the graph's, overwritten by the next window
     return logits.float()
 
 

@@ -22,6 +22,7 @@ from qeval.uncertainty import bootstrap_interval, bootstrap_quantile, bootstrap_
 
 from .divergence import BaselineSpill, kl_rows, percentile
 from .fused import row_metrics
+from .graphs import GraphedForward
 from .perplexity import Window, log_softmax_rows, nll_total, window_logits
 
 
@@ -88,6 +89,7 @@ def lm_pass(
     replicates: int = 1000,
     seed: int = 0,
     stop: Callable[[list[WindowStats]], bool] | None = None,
+    cuda_graph: bool = True,
 ) -> dict:
     """Evaluate ``model`` on this process's windows and return the gathered metrics.
 
@@ -99,20 +101,25 @@ def lm_pass(
             p99 bootstrap draws ``replicates`` resamples seeded with ``seed``.
         stop: called with the windows done so far (in order, one process only);
             True ends the pass early (a target precision is reached).
+        cuda_graph: replay the forward from a CUDA graph where it is safe
+            (``qeval.evaluate.graphs``; same numbers, fewer host launches).
 
     Returns:
         ``perplexity``, ``perplexity_tokens``; and for a policy also ``kl_mean``,
         ``kl_p99``, ``top1_agreement`` and ``tokens`` (positions compared); ``ci``
-        (intervals) and ``windows`` (per-window sums, for paired comparisons).
+        (intervals) and ``windows`` (per-window sums, for paired comparisons);
+        ``forward``: this process's ``GraphedForward.note`` (how the forward ran).
     """
     if stop is not None and shard.world > 1:
         raise ValueError("stopping at a target precision needs one process (windows are split across processes)")
+    notes: dict = {}
     local = local_pass(model, token_ids, windows, spill, baseline=baseline, device=device, shard=shard,
-                       chunk=chunk, desc=desc, progress=progress, stop=stop)
+                       chunk=chunk, desc=desc, progress=progress, stop=stop, cuda_graph=cuda_graph, notes=notes)
     stats = gather_stats(local, shard)
     out = summarize(stats, with_kl=not baseline, confidence=confidence, replicates=replicates, seed=seed)
     out["windows"]["key"] = windows_key(token_ids, windows)
     out["ci"]["stopped_by"] = "target_ci" if len(stats) < len(windows) else "max_tokens"
+    out["forward"] = notes["forward"]
     return out
 
 
@@ -165,14 +172,20 @@ class _Readback:
 
 @torch.no_grad()
 def local_pass(model, token_ids, windows, spill, *, baseline, device=None, shard=Shard(), chunk=256,
-               desc="eval", progress=True, stop=None) -> list[WindowStats]:
+               desc="eval", progress=True, stop=None, cuda_graph=True, notes=None) -> list[WindowStats]:
     """This process's share of ``lm_pass``: stats of its windows, not gathered.
 
     Each window's sums are read back after the next window is queued (``_Readback``);
     with ``stop``, the window queued past the stopping point is dropped, so the
-    result is the same as reading every window back at once.
+    result is the same as reading every window back at once. The token ids go to
+    ``device`` once (a copy from pageable host memory per window would make the
+    host wait for the GPU at every window). ``notes["forward"]``, when ``notes`` is
+    given: how the forward ran (``GraphedForward.note``).
     """
     mine = shard.take(windows)
+    if device is not None and torch.device(device).type == "cuda":
+        token_ids = token_ids.to(device)
+    forward = GraphedForward(model, enabled=cuda_graph)
     rows = {w.index: w.n_targets for w in mine}
     local: list[WindowStats] = []
     if not baseline:
@@ -180,7 +193,7 @@ def local_pass(model, token_ids, windows, spill, *, baseline, device=None, shard
     opened = False
     pending: _Readback | None = None
     for w in _progress(mine, desc, len(mine), progress and shard.rank == 0):
-        logits = window_logits(model, token_ids, w, device)
+        logits = window_logits(model, token_ids, w, device, forward=forward)
         # in place where the logits are a float32 tensor of their own (the model's output is not read again)
         logq = log_softmax_rows(logits, chunk, out=logits if logits.dtype == torch.float32 else None)
         del logits
@@ -215,6 +228,9 @@ def local_pass(model, token_ids, windows, spill, *, baseline, device=None, shard
         pending = _Readback(w.index, w.n_targets, sums, kl)
     if pending is not None:
         local.append(pending.stats())
+    forward.close()
+    if notes is not None:
+        notes["forward"] = forward.note
     if baseline:
         if not opened:  # a process with no windows still leaves a valid (empty) spill
             spill.open_write({}, 1)

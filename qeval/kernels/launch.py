@@ -58,7 +58,14 @@ def _grid2(nm: int, nk: int, cfg: dict) -> tuple[tuple[int, int], bool]:
 
 
 def _as_2d(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 2 and x.is_contiguous():  # the usual case: no reshape call (host time at every launch)
+        return x
     return x.reshape(-1, x.shape[-1]).contiguous()
+
+
+def _shaped(t: torch.Tensor, shape) -> torch.Tensor:
+    """``t.reshape(shape)``, no call when it already has it."""
+    return t if t.shape == shape else t.reshape(shape)
 
 
 _SRC = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -112,13 +119,18 @@ def global_amax(x: torch.Tensor) -> torch.Tensor:
 
 
 def _amax_arg(x: torch.Tensor, amax: torch.Tensor | float | None) -> torch.Tensor:
+    """The amax as one float32 on x's device (the kernels load it from its pointer: any shape of one element)."""
     if amax is None:
         return global_amax(x)
+    if isinstance(amax, torch.Tensor) and amax.dtype == torch.float32 and amax.device == x.device:
+        return amax
     return torch.as_tensor(amax, dtype=torch.float32, device=x.device).reshape(1)
 
 
 def _scalar_shape(amax) -> tuple[int, ...]:
-    return tuple(torch.as_tensor(amax).shape) if amax is not None else ()
+    if amax is None:
+        return ()
+    return tuple(amax.shape) if isinstance(amax, torch.Tensor) else tuple(torch.as_tensor(amax).shape)
 
 
 # --- NVFP4 -----------------------------------------------------------------
@@ -138,7 +150,9 @@ def run_nvfp4(fmt: NVFP4Format, x: torch.Tensor, amax, role: str, fake: bool,
         gs = a if split_dtype is None else torch.empty(1, dtype=torch.float32, device=x.device)
         nvfp4_kernel[grid](x2, out, a, gs, m, k, x2.stride(0), out.stride(0), SPLIT=split_dtype is not None,
                            BM=bm, BK=bk, KFAST=kfast, num_warps=cfg["warps"], **LAUNCH)
-        return out.reshape(x.shape) if split_dtype is None else (out.reshape(x.shape), gs.reshape(_scalar_shape(amax)))
+        if split_dtype is None:
+            return _shaped(out, x.shape)
+        return _shaped(out, x.shape), _shaped(gs, _scalar_shape(amax))
     q = torch.empty(m, kp // 2, dtype=torch.uint8, device=x.device)
     s = torch.empty(m, kp // 16, dtype=torch.uint8, device=x.device)
     gs = torch.empty(1, dtype=torch.float32, device=x.device)
@@ -168,7 +182,7 @@ def run_mx(fmt: MXFormat, x: torch.Tensor, amax, role: str, fake: bool):
     if fake:
         out = torch.empty_like(x2)
         mx_kernel[grid](x2, out, out, out, m, k, kp, x2.stride(0), out.stride(0), 0, 0, FAKE=True, **flags)
-        return out.reshape(x.shape)
+        return _shaped(out, x.shape)
     if fp4:
         q = torch.empty(m, kp // 2, dtype=torch.uint8, device=x.device)
     else:
@@ -214,7 +228,7 @@ def _fp8_tensor(fmt, x, amax, role, fake, split_dtype: torch.dtype | None = None
         out = torch.empty(n, dtype=split_dtype or flat.dtype, device=x.device)
         s = a if split_dtype is None else torch.empty(1, dtype=torch.float32, device=x.device)
         fp8_tensor_kernel[grid](flat, out, out, a, s, n, FAKE=True, SPLIT=split_dtype is not None, **flags)
-        return out.reshape(x.shape) if split_dtype is None else (out.reshape(x.shape), s.reshape(_scalar_shape(amax)))
+        return _shaped(out, x.shape) if split_dtype is None else (_shaped(out, x.shape), _shaped(s, _scalar_shape(amax)))
     q = torch.empty(n, dtype=fmt.dtype, device=x.device)
     s = torch.empty(1, dtype=torch.float32, device=x.device)
     fp8_tensor_kernel[grid](flat, flat, q.view(torch.uint8), a, s, n, FAKE=False, **flags)
@@ -289,7 +303,7 @@ def _fp8_block(fmt, x, role, fake):
         out = torch.empty_like(x2)
         kernel[grid](x2, out, out, out, rows, k, kp, x2.stride(0), out.stride(0), 0, 0, *(0 for _ in extra),
                      FAKE=True, **flags)
-        return out.reshape(x.shape)
+        return _shaped(out, x.shape)
     q = torch.empty(x2.shape[0], kp, dtype=fmt.dtype, device=x.device)
     kernel[grid](x2, x2, q.view(torch.uint8), s, rows, k, kp, x2.stride(0), 0, q.stride(0), ssm, *extra,
                  FAKE=False, **flags)
@@ -329,6 +343,8 @@ def split(fmt, x: torch.Tensor, amax, dtype: torch.dtype):
         return run_nvfp4(fmt, x, amax, "activation", fake=True, split_dtype=dtype)
     if isinstance(fmt, FP8Format) and fmt.granularity == "row":
         inner, s = fp8_row_quant(_as_2d(x), fmt, split_dtype=dtype)
+        if x.dim() == 2:
+            return inner, s
         return inner.reshape(x.shape), s.reshape(*x.shape[:-1], 1)
     if isinstance(fmt, FP8Format) and fmt.granularity == "tensor":
         return _fp8_tensor(fmt, x, amax, "activation", fake=True, split_dtype=dtype)

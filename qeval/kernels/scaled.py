@@ -102,11 +102,12 @@ def gemm_kernel(
 def _mode(s: torch.Tensor | None, n: int) -> tuple[int, torch.Tensor | None]:
     if s is None:
         return 0, None
-    if s.numel() == 1:
-        return 1, s.reshape(1).float().contiguous()
-    if s.numel() != n:
-        raise ValueError(f"epilogue scale has {s.numel()} values, expected 1 or {n}")
-    return 2, s.reshape(n).float().contiguous()
+    count = s.numel()
+    if count != 1 and count != n:
+        raise ValueError(f"epilogue scale has {count} values, expected 1 or {n}")
+    if s.dtype != torch.float32 or not s.is_contiguous():  # the kernel reads `count` float32s from s's pointer:
+        s = s.float().contiguous()  # any contiguous shape ([n], [n, 1]) is laid out the same
+    return (1 if count == 1 else 2), s
 
 
 def _flags(m: int, n: int, sx, sw, bias, dummy: torch.Tensor):

@@ -103,13 +103,14 @@ def _target_stop(recipe, baseline: bool):
     return stop
 
 
-def _lm_metrics(recipe, ctx, spill, shard, options, baseline: bool, desc: str) -> dict:
+def _lm_metrics(recipe, ctx, spill, shard, options, baseline: bool, desc: str, notes: dict) -> dict:
     out = lm_pass(
         ctx.model, ctx.token_ids, ctx.windows, spill, baseline=baseline, device=ctx.device,
         shard=shard, chunk=recipe.metrics.chunk, desc=desc, progress=options.progress,
         confidence=recipe.metrics.confidence, replicates=recipe.metrics.bootstrap, seed=recipe.seed,
-        stop=_target_stop(recipe, baseline),
+        stop=_target_stop(recipe, baseline), cuda_graph=recipe.metrics.cuda_graph,
     )
+    notes["forward"] = out.pop("forward")
     bad = out.get("nonfinite_logits") or 0
     if bad and shard.rank == 0:
         print(f"qeval: warning: {desc}: {bad} of {out.get('perplexity_tokens')} positions have NaN/Inf logits; "
@@ -166,13 +167,15 @@ def _embedding_metrics(recipe, ctx, baseline: bool) -> dict:
 
 
 def measure(recipe, ctx, spill, shard, options, baseline: bool, base_metrics: dict | None, desc: str,
-            timings: dict | None = None) -> dict:
-    """All the recipe's metrics for the model as it is now; seconds per part go into ``timings``."""
+            timings: dict | None = None, notes: dict | None = None) -> dict:
+    """All the recipe's metrics for the model as it is now; seconds per part go into ``timings``,
+    how the text pass's forward ran into ``notes["forward"]``."""
     timings = {} if timings is None else timings
+    notes = {} if notes is None else notes
     metrics = dict(EMPTY_METRICS)
     if ctx.windows:
         t = time.perf_counter()
-        metrics.update(_lm_metrics(recipe, ctx, spill, shard, options, baseline, desc))
+        metrics.update(_lm_metrics(recipe, ctx, spill, shard, options, baseline, desc, notes))
         timings["text_s"] = time.perf_counter() - t
     if recipe.tasks and shard.rank == 0:  # lm-eval runs in one process
         from qeval.evaluate.tasks import evaluate_tasks, with_baseline
@@ -199,7 +202,8 @@ def evaluate_baseline(recipe, ctx, spill, shard, options) -> dict:
     devices = peaks.reset(ctx.model)
     t0 = time.perf_counter()
     parts: dict = {}
-    metrics = measure(recipe, ctx, spill, shard, options, True, None, "baseline", parts)
+    notes: dict = {}
+    metrics = measure(recipe, ctx, spill, shard, options, True, None, "baseline", parts, notes)
     entry = {
         "metrics": metrics,
         "weight_bytes": ref.bytes_before,
@@ -209,6 +213,7 @@ def evaluate_baseline(recipe, ctx, spill, shard, options) -> dict:
     }
     if ctx.windows:
         entry["kl_store"] = _store_note(spill)
+        entry["forward"] = notes.get("forward")
     return entry
 
 
@@ -218,7 +223,8 @@ def evaluate_as_is(recipe, ctx, baseline_entry, spill, shard, options) -> dict:
     devices = peaks.reset(ctx.model)
     t0 = time.perf_counter()
     parts: dict = {}
-    metrics = measure(recipe, ctx, spill, shard, options, False, baseline_entry.get("metrics"), "model", parts)
+    notes: dict = {}
+    metrics = measure(recipe, ctx, spill, shard, options, False, baseline_entry.get("metrics"), "model", parts, notes)
     measured = measured_weight_bytes(ctx.model, ref)
     base_bytes = baseline_entry.get("weight_bytes")
     entry = {
@@ -231,6 +237,7 @@ def evaluate_as_is(recipe, ctx, baseline_entry, spill, shard, options) -> dict:
     }
     if ctx.windows:
         entry["kl_store"] = _store_note(spill)
+        entry["forward"] = notes.get("forward")
     return entry
 
 
@@ -238,7 +245,8 @@ def ensure_baseline_state(recipe, ctx, spill, shard, options) -> None:
     """On resume: rebuild what policies compare against (spill, embeddings) if it is gone."""
     if ctx.windows and (recipe.metrics.kl or recipe.metrics.top1) and not spill.complete():
         lm_pass(ctx.model, ctx.token_ids, ctx.windows, spill, baseline=True, device=ctx.device, shard=shard,
-                chunk=recipe.metrics.chunk, desc="baseline (for KL)", progress=options.progress)
+                chunk=recipe.metrics.chunk, desc="baseline (for KL)", progress=options.progress,
+                cuda_graph=recipe.metrics.cuda_graph)
     if recipe.embeddings is not None and "baseline_embeddings" not in ctx.state:
         from qeval.evaluate.embeddings import embed
 
@@ -303,7 +311,9 @@ def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, opt
         measure_bytes_s = time.perf_counter() - t1
         t1 = time.perf_counter()
         parts: dict = {}
-        metrics = measure(recipe, ctx, spill, shard, options, False, baseline_entry.get("metrics"), name, parts)
+        notes: dict = {}
+        metrics = measure(recipe, ctx, spill, shard, options, False, baseline_entry.get("metrics"), name, parts,
+                          notes)
         eval_s = time.perf_counter() - t1
         t2 = time.perf_counter()
     dequantize_s = time.perf_counter() - t2  # restoring the original modules (the context's exit)
@@ -326,6 +336,7 @@ def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, opt
     }
     if ctx.windows:
         entry["kl_store"] = _store_note(spill)
+        entry["forward"] = notes.get("forward")
     if note:
         entry["recommendation_note"] = note
     return entry

@@ -80,8 +80,8 @@ class Metrics(_Strict):
     chunk: int = Field(256, ge=1)  # positions per step of log-softmax / KL (scratch memory)
     confidence: float = Field(0.95, ge=0.5, lt=1)  # of the intervals stored and shown (the gate has its own)
     bootstrap: int = Field(1000, ge=10)  # resamples of windows for the KL p99 interval (seeded with the recipe seed)
-    # where the baseline's log-probs wait (qeval.evaluate.baseline_store): auto = in memory if they fit
-    baseline_store: Literal["auto", "device", "disk"] = "auto"
+    baseline_store: Literal["auto", "device", "disk"] = "auto"  # baseline log-probs: auto = in memory if they fit
+    cuda_graph: bool = True  # replay each window's forward from a CUDA graph where safe (evaluate/graphs.py)
 
 
 # lm_eval.simple_evaluate arguments qeval sets itself (a task's `lm_eval_args` may not)

@@ -102,6 +102,16 @@ class KLStore(TypedDict, total=False):
     bytes_free: int  # on that device / disk when the run started
 
 
+class ForwardNote(TypedDict, total=False):
+    """How the text pass ran its forward (``qeval.evaluate.graphs``); rank 0's under several processes."""
+
+    cuda_graph: bool  # True when windows were replayed from a CUDA graph (same numbers as eager)
+    replayed_windows: int
+    eager_windows: int  # the recorded window's own forward, and windows of another shape
+    record_s: float  # host seconds of that first forward and its recording
+    reason: str | None  # why no graph (CPU, several devices, a host sync in the forward, off in the recipe)
+
+
 class PolicyEntry(TypedDict, total=False):
     name: str
     policy: dict[str, Any]  # the policy as validated, as a dict
@@ -118,6 +128,7 @@ class PolicyEntry(TypedDict, total=False):
     gate: GateVerdict | None  # filled by finalize when a gate is given
     memory: PassMemory  # peaks of this pass (quantize + evaluate + restore)
     kl_store: KLStore  # where the baseline's log-probs were read from
+    forward: ForwardNote
 
 
 class BaselineEntry(TypedDict, total=False):
@@ -127,6 +138,7 @@ class BaselineEntry(TypedDict, total=False):
     timings: dict[str, float]
     memory: PassMemory
     kl_store: KLStore
+    forward: ForwardNote
 
 
 class Environment(TypedDict, total=False):
