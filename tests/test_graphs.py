@@ -74,6 +74,21 @@ def test_transformers_sees_one_eager_sequence_only_while_recording():
         assert masking_utils.find_packed_sequence_indices(packed) is not None
 
 
+def test_a_run_releases_the_parked_recording(tmp_path, monkeypatch):
+    from qeval.evaluate import graphs
+    from test_run import build_tiny_model, write_recipe, _text
+
+    from qeval.pipeline.runner import RunOptions, run_recipe
+
+    monkeypatch.setitem(graphs._PARKED, 0, "the last pass's graph")  # what a GPU run leaves parked
+    build_tiny_model(tmp_path / "model")
+    (tmp_path / "eval.txt").write_text(_text(1, 120), encoding="utf-8")
+    (tmp_path / "calib.txt").write_text(_text(2, 120), encoding="utf-8")
+    run_recipe(write_recipe(tmp_path, policies=["fp8-dynamic"]),
+               RunOptions(results_dir=tmp_path / "r", progress=False, print_table=False))
+    assert graphs._PARKED == {}
+
+
 def test_recipe_switch_reaches_the_pass():
     from qeval.pipeline.recipe import Metrics
 

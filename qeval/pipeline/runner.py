@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qeval.evaluate import graphs
 from qeval.evaluate.stream import Shard
 from qeval.pipeline import heap
 from qeval.pipeline.recipe import Recipe, RecipeError, load_recipe, recipe_to_dict
@@ -164,8 +165,11 @@ def _run_in(recipe, options, overrides, selected, shard, device, rundir) -> Path
     try:
         ctx = _prepare(recipe, device, options, shard)
         devices = _model_devices(ctx.model)
-        with heap.steady(all(d.type == "cpu" for d in devices)):  # no page faults per window (heap.py)
-            _evaluate_all(recipe, ctx, selected, Path(run_path), rundir, finished, shard, options)
+        try:
+            with heap.steady(all(d.type == "cpu" for d in devices)):  # no page faults per window (heap.py)
+                _evaluate_all(recipe, ctx, selected, Path(run_path), rundir, finished, shard, options)
+        finally:
+            graphs.release()  # the memory pool the passes' recordings shared
     except BaseException as err:
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:  # give the space back; --resume redoes the spill
             shutil.rmtree(Path(run_path) / "spill", ignore_errors=True)
