@@ -70,7 +70,7 @@ def _as_eager(kwargs: dict):
     the eager forward). Eagerly it asks, with a host sync, whether the position
     ids pack several sequences into one row. A window here is one sequence whose
     position ids the model makes itself, so that answer (none) is given without
-    looking; and since the eager forward then makes no host sync (checked), it
+    looking; and since the recorded forward then makes no host sync (checked), it
     has no data-dependent branch, and recording it as eager is exact.
     """
     patches = []
@@ -93,19 +93,21 @@ def _as_eager(kwargs: dict):
             setattr(mod, name, value)
 
 
+def _set_sync_debug_mode(mode) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "a prototype feature": it is a check here, not a guarantee
+        torch.cuda.set_sync_debug_mode(mode)
+
+
 @contextlib.contextmanager
 def _no_syncs():
     """Any host sync inside raises (``torch.cuda.set_sync_debug_mode("error")``)."""
     before = torch.cuda.get_sync_debug_mode()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "a prototype feature": it is a check here, not a guarantee
-        torch.cuda.set_sync_debug_mode("error")
+    _set_sync_debug_mode("error")
     try:
         yield
     finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            torch.cuda.set_sync_debug_mode(before)
+        _set_sync_debug_mode(before)
 
 
 # Per GPU: the recording stream, and the graph of the last closed GraphedForward: never replayed again, it

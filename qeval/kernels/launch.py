@@ -343,9 +343,7 @@ def split(fmt, x: torch.Tensor, amax, dtype: torch.dtype):
         return run_nvfp4(fmt, x, amax, "activation", fake=True, split_dtype=dtype)
     if isinstance(fmt, FP8Format) and fmt.granularity == "row":
         inner, s = fp8_row_quant(_as_2d(x), fmt, split_dtype=dtype)
-        if x.dim() == 2:
-            return inner, s
-        return inner.reshape(x.shape), s.reshape(*x.shape[:-1], 1)
+        return _shaped(inner, x.shape), _shaped(s, (*x.shape[:-1], 1))
     if isinstance(fmt, FP8Format) and fmt.granularity == "tensor":
         return _fp8_tensor(fmt, x, amax, "activation", fake=True, split_dtype=dtype)
     return None

@@ -76,9 +76,13 @@ def spill_for(run_path: Path, shard: Shard, ctx, inputs: str | None = None, pref
     return store
 
 
-def _store_note(spill) -> dict | None:
+def _text_notes(ctx, spill, notes: dict) -> dict:
+    """How a text pass ran, for its results entry: where the baseline's log-probs were (``kl_store``) and
+    how the forward ran (``forward``); nothing for a model without text windows."""
+    if not ctx.windows:
+        return {}
     choice = getattr(spill, "choice", None)
-    return None if choice is None else choice.as_dict()
+    return {"kl_store": None if choice is None else choice.as_dict(), "forward": notes.get("forward")}
 
 
 def _target_stop(recipe, baseline: bool):
@@ -211,9 +215,7 @@ def evaluate_baseline(recipe, ctx, spill, shard, options) -> dict:
         "timings": {"eval_s": time.perf_counter() - t0, **parts},
         "memory": peaks.read(devices),
     }
-    if ctx.windows:
-        entry["kl_store"] = _store_note(spill)
-        entry["forward"] = notes.get("forward")
+    entry.update(_text_notes(ctx, spill, notes))
     return entry
 
 
@@ -235,9 +237,7 @@ def evaluate_as_is(recipe, ctx, baseline_entry, spill, shard, options) -> dict:
         "timings": {"eval_s": time.perf_counter() - t0, **parts},
         "memory": peaks.read(devices),
     }
-    if ctx.windows:
-        entry["kl_store"] = _store_note(spill)
-        entry["forward"] = notes.get("forward")
+    entry.update(_text_notes(ctx, spill, notes))
     return entry
 
 
@@ -334,9 +334,7 @@ def evaluate_policy(recipe, ctx, name, source, baseline_entry, spill, shard, opt
         "recommendation": rec,
         "memory": memory,
     }
-    if ctx.windows:
-        entry["kl_store"] = _store_note(spill)
-        entry["forward"] = notes.get("forward")
+    entry.update(_text_notes(ctx, spill, notes))
     if note:
         entry["recommendation_note"] = note
     return entry

@@ -149,25 +149,12 @@ class QuantWeight(nn.Module):
         out = out.reshape(*x.shape[:-1], n)
         return out + bias if bias is not None else out
 
-    def _operands(self, e: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(``w_hat[e]``, ``w_outer[e]``), views made once per storage: indexing at every call costs host time
-        (at 8B the forward's host time, not the GPU's, bounds a pass). Moving the module (``.to``) gives new
-        buffer objects (and ``_apply`` drops these views)."""
-        w_hat, outer = self.w_hat, getattr(self, "w_outer", None)
-        cache = self.__dict__.get("_views")
-        if cache is None or cache[0] is not w_hat or cache[1] is not outer:
-            views = [(w_hat[i], None if outer is None else outer[i]) for i in range(w_hat.shape[0])]
-            cache = self.__dict__["_views"] = (w_hat, outer, views)
-        return cache[2][e]
-
-    def _apply(self, fn, recurse=True):  # .to() / .cpu(): drop the views, which would hold the old storage
-        self.__dict__.pop("_views", None)
-        return super()._apply(fn, recurse)
-
     def _exact(self, x: torch.Tensor, e: int, bias: torch.Tensor | None) -> torch.Tensor:
         n, k = self.shape
         x2 = x.reshape(-1, k)
-        w_op, w_outer = self._operands(e)
+        w_op = self.w_hat[e]
+        outer = getattr(self, "w_outer", None)
+        w_outer = None if outer is None else outer[e]
         if self.activations is None:
             x_op, x_outer = x2, None
         elif x.is_cuda:
